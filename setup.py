@@ -1,0 +1,61 @@
+"""Installs the four stage folders as the ``provq`` namespace: ``provq.train``, ``provq.calibration``,
+``provq.export`` and ``provq.edge_runtime``.
+
+    pip install torch==2.13.0 -e ".[train,dev]"    # workstation / CI (CPU torch pinned)
+    pip install ".[edge]"                           # a Jetson: no torch
+"""
+
+from __future__ import annotations
+
+from setuptools import setup
+
+STAGES = {
+    "provq.train": "train",
+    "provq.calibration": "calibration",
+    "provq.export": "export",
+    "provq.edge_runtime": "edge_runtime",
+}
+
+# The runtime needs numpy, OpenCV and ONNX Runtime. On aarch64 (Jetson) JetPack's own OpenCV (with GStreamer) and
+# NVIDIA's onnxruntime-gpu wheel must not be shadowed by PyPI builds, so they are required only elsewhere.
+BASE = [
+    "numpy>=1.24",
+    "opencv-python-headless>=4.8; platform_machine != 'aarch64'",
+    "onnxruntime>=1.17; platform_machine != 'aarch64'",
+]
+
+EXTRAS = {
+    # Workstation side: training, the study and ONNX export. Any torch >= 2.4 works; CI pins torch==2.13.0.
+    "train": ["torch>=2.4", "tqdm>=4.60", "onnx>=1.15"],
+    # What a Jetson needs beyond the base: CUDA bindings for the TensorRT backend, zstd for token streams.
+    "edge": ["cuda-python>=12.0", "zstandard>=0.21"],
+    # The training study's peers (vector-quantize-pytorch's VectorQuantize and FSQ) and its plot.
+    "study": ["vector-quantize-pytorch>=1.20", "matplotlib>=3.7"],
+    # Tests and lint. scikit-image and scikit-learn provide real photos the shipped model has never seen.
+    "dev": ["pytest>=7.4", "ruff>=0.5", "hypothesis>=6.90", "scikit-image>=0.21", "scikit-learn>=1.3"],
+}
+
+setup(
+    name="provq",
+    version="0.1.0",
+    description="Edge-deployable image/video-frame tokenizer trained with progressive vector quantization (ProVQ)",
+    long_description=open("README.md", encoding="utf-8").read(),  # noqa: SIM115
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=list(STAGES),
+    package_dir=STAGES,
+    package_data={
+        "provq.train": ["assets/*.pt", "assets/*.md"],
+        "provq.edge_runtime": ["assets/sample/*", "assets/sample/images/*"],
+    },
+    include_package_data=False,
+    install_requires=BASE,
+    extras_require=EXTRAS,
+    entry_points={
+        "console_scripts": [
+            "provq-train = provq.train.cli:main",
+            "provq-study = provq.train.study:main",
+        ]
+    },
+)

@@ -1,0 +1,42 @@
+"""Shared fixtures: small folders of real photos (shipped sample and held-out ones) for fast training runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from provq.train.data import sample_dir
+
+
+def _write_resized(images: dict[str, np.ndarray], folder: Path, side: int) -> Path:
+    """RGB uint8 images saved as PNG with the longer side resized to ``side``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, rgb in images.items():
+        h, w = rgb.shape[:2]
+        scale = side / max(h, w)
+        small = cv2.resize(rgb, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+        cv2.imwrite(str(folder / f"{name}.png"), cv2.cvtColor(small, cv2.COLOR_RGB2BGR))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def photo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shipped sample photos at 96 px: quick to train on."""
+    images = {}
+    for path in sorted((sample_dir() / "images").glob("*.jpg")):
+        images[path.stem] = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+    return _write_resized(images, tmp_path_factory.mktemp("photos"), 96)
+
+
+@pytest.fixture(scope="session")
+def unseen_photo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Real photos that provq does not ship and the default model never saw (skimage, scikit-learn)."""
+    skimage_data = pytest.importorskip("skimage.data")
+    from sklearn.datasets import load_sample_image
+
+    left, _right, _disp = skimage_data.stereo_motorcycle()
+    images = {"coffee": skimage_data.coffee(), "motorcycle": left, "flower": load_sample_image("flower.jpg")}
+    return _write_resized(images, tmp_path_factory.mktemp("unseen"), 160)

@@ -1,0 +1,93 @@
+"""Self-describing checkpoints, written atomically and read with ``weights_only=True``.
+
+A checkpoint is a dict of plain types and tensors:
+    format "provq-checkpoint", version, preset, model_config (ModelConfig.to_dict), schedule (Schedule.to_dict),
+    step, model (state dict), optimizer, discriminator / disc_optimizer (or None), train_config, rng, nan_steps,
+    metrics. ``default`` names the tiny model shipped with provq.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import ProvqError
+from .model import Tokenizer
+from .presets import ModelConfig
+
+FORMAT = "provq-checkpoint"
+VERSION = 1
+DEFAULT_NAME = "default-tiny.pt"
+
+
+def default_checkpoint() -> Path:
+    """The shipped default model (tiny preset trained on the sample data; see train/assets/MODEL_CARD.md)."""
+    return Path(str(resources.files("provq.train") / "assets" / DEFAULT_NAME))
+
+
+def resolve(path: str | Path) -> Path:
+    """``default`` -> the shipped checkpoint; anything else -> that path."""
+    return default_checkpoint() if str(path) == "default" else Path(path).expanduser()
+
+
+def save_atomic(state: dict[str, Any], path: Path) -> None:
+    """Write ``state`` to ``path`` so that a crash leaves either the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    """Read a provq checkpoint (weights only: no code in the file ever runs) or raise a one-line ProvqError."""
+    path = resolve(path)
+    if not path.is_file():
+        hint = " (the package was installed without its default model)" if str(path).endswith(DEFAULT_NAME) else ""
+        raise ProvqError(f"checkpoint {path} does not exist{hint}: pass a file written by provq-train or 'default'")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else "refused"
+        raise ProvqError(
+            f"{path} holds objects that safe (weights_only) loading refuses ({first[:120]}); "
+            "only load checkpoints written by provq-train"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+        raise ProvqError(
+            f"{path} is not a readable checkpoint ({type(err).__name__}): is it truncated or corrupt?"
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ProvqError(f"{path} is not a provq checkpoint: pass a file written by provq-train or 'default'")
+    if int(state.get("version", 0)) > VERSION:
+        raise ProvqError(f"{path} has checkpoint version {state['version']}; this provq reads {VERSION}: upgrade provq")
+    return state
+
+
+def load_tokenizer(path: str | Path = "default") -> Tokenizer:
+    """A Tokenizer in eval mode rebuilt from a checkpoint's own model arguments (``default``: the shipped model)."""
+    state = load(path)
+    model = Tokenizer(ModelConfig.from_dict(state["model_config"]))
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, KeyError) as err:
+        raise ProvqError(
+            f"{resolve(path)}: weights do not match its model arguments ({str(err).splitlines()[0][:120]})"
+        ) from None
+    return model.eval()

@@ -1,0 +1,165 @@
+"""``provq-train``: train a ProVQ tokenizer.
+
+Examples:
+    provq-train --data sample --preset tiny --steps 300 --out runs/tiny
+    provq-train --data ~/photos --preset tiny --steps 3000 --crop 64 --out runs/photos
+    provq-train --data clip.mp4 --schedule hard --steps 300 --out runs/hard        # the baseline
+    provq-train --data ~/photos --steps 6000 --out runs/photos --resume runs/photos/last.pt
+    torchrun --nproc-per-node 4 -m provq.train.cli --data /data/frames --preset small --device cuda --out runs/s
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import fields
+
+from .errors import ProvqError
+from .presets import PRESETS
+from .schedule import CURVES, KINDS
+
+PROG = "provq-train"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .trainer import TrainConfig
+
+    d = TrainConfig()
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Train an image/video-frame tokenizer with progressive vector quantization (ProVQ).",
+        epilog=__doc__.split("\n", 2)[2],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--data",
+        default=d.data,
+        help="folder of images/videos, one video file, or 'sample' (default: %(default)s)",
+    )
+    p.add_argument("--val", default=None, help="validation folder/file (default: hold out part of --data)")
+    p.add_argument("--out", default=d.out, help="output folder for last.pt and metrics.json (default: %(default)s)")
+    p.add_argument("--preset", default=d.preset, choices=list(PRESETS), help="model size (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=d.steps, help="total optimizer steps (default: %(default)s)")
+    p.add_argument(
+        "--schedule",
+        default=d.schedule,
+        choices=KINDS,
+        help="provq, or hard VQ from step 0 (default: %(default)s)",
+    )
+    p.add_argument("--warmup-steps", type=int, default=None, help="continuous warm-up steps (default: 20%% of --steps)")
+    p.add_argument(
+        "--transition-steps",
+        type=int,
+        default=None,
+        help="continuous->discrete steps T (default: 30%% of --steps)",
+    )
+    p.add_argument(
+        "--curve", default=d.curve, choices=CURVES, help="alpha(t) over the transition (default: %(default)s)"
+    )
+    p.add_argument(
+        "--lam",
+        type=float,
+        default=d.lam,
+        help="VQ-loss weight at the transition start (default: %(default)s)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=d.batch_size,
+        help="frames per step and process (default: %(default)s)",
+    )
+    p.add_argument("--crop", type=int, default=d.crop, help="training crop size in pixels (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (default: %(default)s)")
+    p.add_argument("--recon-loss", default=d.recon_loss, choices=("l1", "l2", "l1+l2"), help="(default: %(default)s)")
+    p.add_argument(
+        "--perceptual-weights",
+        default=None,
+        help="local VGG16 state dict (torchvision format) for a perceptual loss",
+    )
+    p.add_argument(
+        "--lpips-weights",
+        default=None,
+        help="local LPIPS linear weights (lpips vgg.pth) with --perceptual-weights",
+    )
+    p.add_argument("--perceptual-weight", type=float, default=d.perceptual_weight, help="(default: %(default)s)")
+    p.add_argument(
+        "--gan-weight",
+        type=float,
+        default=d.gan_weight,
+        help="PatchGAN loss weight, 0 = off (default: %(default)s)",
+    )
+    p.add_argument(
+        "--gan-start",
+        type=int,
+        default=d.gan_start,
+        help="step at which the GAN loss starts (default: %(default)s)",
+    )
+    p.add_argument(
+        "--restart-dead-codes-every",
+        type=int,
+        default=d.restart_dead_codes_every,
+        help="restart codes unused for this many steps, 0 = off (default: %(default)s)",
+    )
+    p.add_argument(
+        "--eval-every",
+        type=int,
+        default=d.eval_every,
+        help="validation interval in steps (default: %(default)s)",
+    )
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=d.checkpoint_every,
+        help="checkpoint interval (default: %(default)s)",
+    )
+    p.add_argument(
+        "--val-size", type=int, default=d.val_size, help="validation centre-crop size (default: %(default)s)"
+    )
+    p.add_argument(
+        "--kmeans-points", type=int, default=0, help="latents for the k-means init; 0 = 20 x codebook size (default)"
+    )
+    p.add_argument("--seed", type=int, default=d.seed, help="(default: %(default)s)")
+    p.add_argument("--device", default=d.device, choices=("auto", "cpu", "cuda"), help="(default: %(default)s)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (GPU)")
+    p.add_argument(
+        "--resume",
+        default=None,
+        help="continue from a checkpoint (last.pt), or 'default' to fine-tune the shipped model",
+    )
+    p.add_argument("--stop-at", type=int, default=None, help="checkpoint and stop at this step; --resume continues")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit code (0 ok, 2 user error, 130/143 stopped by a signal)."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = build_parser().parse_args(argv)
+    from .trainer import Stopped, TrainConfig, train
+
+    known = {f.name for f in fields(TrainConfig)}
+    values = {k: v for k, v in vars(args).items() if k in known}
+    values["progress"] = not args.no_progress
+    try:
+        for name in ("steps", "batch_size", "eval_every", "checkpoint_every"):
+            if values[name] <= 0:
+                raise ProvqError(f"--{name.replace('_', '-')} must be a positive integer, got {values[name]}")
+        metrics = train(TrainConfig(**values))
+    except ProvqError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
+    except Stopped as stop:
+        print(f"{PROG}: {stop}", file=sys.stderr)
+        return 128 + stop.signum
+    print(
+        f"{PROG}: done in {metrics['seconds']:.0f} s: step {metrics['steps']}, val PSNR {metrics['psnr_db']:.2f} dB, "
+        f"SSIM {metrics['ssim']:.3f}, codebook usage {metrics['codebook_usage']:.1%}, "
+        f"perplexity {metrics['perplexity']:.0f}; "
+        f"wrote {args.out}/last.pt and {args.out}/metrics.json"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""Model presets: the one place that says how big each tokenizer is.
+
+tiny  2.0 M parameters, downsample 8, 1024 codes: CPUs and small Jetsons
+small ~14 M parameters, downsample 8, 4096 codes: a workstation GPU
+base  ~75 M parameters, downsample 16, 16384 codes of dimension 8 behind a 1x1 projection
+      (the size of LlamaGen's VQ-16 tokenizer)
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from .errors import ProvqError
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of one tokenizer. Stored in every checkpoint, so a checkpoint rebuilds its own model."""
+
+    widths: tuple[int, ...] = (32, 64, 96, 112)  # channels per resolution level; downsample = 2 ** (len - 1)
+    res_blocks: int = 1  # residual blocks per level
+    mid_blocks: int = 1  # residual blocks at the lowest resolution, in encoder and decoder each
+    norm: str = "none"  # "none" or "group" (GroupNorm, 32 groups); none keeps small models INT8-friendly
+    latent_channels: int = 112  # encoder output channels before the 1x1 projection to the code dimension
+    code_dim: int = 8  # dimension of each codebook vector
+    codebook_size: int = 1024  # K: number of codes; ids are int32 in [0, K)
+    beta: float = 0.25  # commitment loss weight
+
+    @property
+    def downsample(self) -> int:
+        """Spatial reduction: an H x W frame becomes an H/downsample x W/downsample grid of ids."""
+        return 2 ** (len(self.widths) - 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain types only (lists, ints, floats, str), so checkpoints load with weights_only=True."""
+        out = asdict(self)
+        out["widths"] = list(self.widths)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are an error (a checkpoint from another program)."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ProvqError(f"unknown model arguments {sorted(unknown)}: the checkpoint was not written by provq")
+        values = dict(data)
+        if "widths" in values:
+            values["widths"] = tuple(int(w) for w in values["widths"])
+        return cls(**values)
+
+
+PRESETS: dict[str, ModelConfig] = {
+    "tiny": ModelConfig(),
+    "small": ModelConfig(
+        widths=(64, 128, 128, 256),
+        res_blocks=2,
+        mid_blocks=2,
+        norm="group",
+        latent_channels=256,
+        code_dim=8,
+        codebook_size=4096,
+    ),
+    "base": ModelConfig(
+        widths=(128, 128, 256, 256, 512),
+        res_blocks=2,
+        mid_blocks=4,
+        norm="group",
+        latent_channels=256,
+        code_dim=8,
+        codebook_size=16384,
+    ),
+}
+
+
+def preset(name: str) -> ModelConfig:
+    """The named preset, or a one-line error listing the valid names."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ProvqError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}") from None
