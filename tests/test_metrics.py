@@ -169,4 +169,4 @@ def _all_reduce_worker(rank: int, world_size: int, store_path: str, result_dir: 
 def test_code_usage_all_reduce_sums_across_ranks(tmp_path: Path) -> None:
     mp.spawn(_all_reduce_worker, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2, join=True)
     for rank in range(2):
-        assert torch.load(tmp_path / f"rank{rank}.pt").tolist() == [1, 2, 0, 0]
+        assert torch.load(tmp_path / f"rank{rank}.pt", weights_only=True).tolist() == [1, 2, 0, 0]
