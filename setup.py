@@ -56,6 +56,8 @@ setup(
         "console_scripts": [
             "provq-train = provq.train.cli:main",
             "provq-study = provq.train.study:main",
+            "provq-export = provq.export.cli:main",
+            "provq-calibrate = provq.calibration.cli:main",
         ]
     },
 )

@@ -40,3 +40,13 @@ def unseen_photo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     left, _right, _disp = skimage_data.stereo_motorcycle()
     images = {"coffee": skimage_data.coffee(), "motorcycle": left, "flower": load_sample_image("flower.jpg")}
     return _write_resized(images, tmp_path_factory.mktemp("unseen"), 160)
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default model exported to ONNX once per session (provq-export default --out DIR)."""
+    from provq.export.onnx_export import export_model
+
+    out = tmp_path_factory.mktemp("export") / "tiny"
+    export_model("default", out)
+    return out

@@ -102,6 +102,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="restart codes unused for this many steps, 0 = off (default: %(default)s)",
     )
     p.add_argument(
+        "--margin-weight",
+        type=float,
+        default=d.margin_weight,
+        help="weight of the term that keeps latents inside their code cells, so INT8 keeps the FP32 ids; "
+        "0 = off (default: %(default)s)",
+    )
+    p.add_argument(
+        "--margin",
+        type=float,
+        default=d.margin,
+        help="target depth of each latent in its code cell: 0 on a boundary, 1 at the code (default: %(default)s)",
+    )
+    p.add_argument(
         "--eval-every",
         type=int,
         default=d.eval_every,

@@ -38,6 +38,29 @@ def blend_straight_through(z: torch.Tensor, q: torch.Tensor, alpha: float) -> to
     return _BlendStraightThrough.apply(z, q.detach().to(z.dtype), float(alpha))
 
 
+def boundary_margin(z: torch.Tensor, codebook: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """How far each latent sits inside its code's Voronoi cell, relative to the cell: N x D, K x D, N -> N.
+
+    r = min over k != i of (||z - e_k||^2 - ||z - e_i||^2) / ||e_k - e_i||^2, with i = ids: 1 when z sits on its code
+    e_i, 0 on the boundary with a neighbour, scale-free. Latents with a small r flip to another id under small
+    perturbations such as INT8 rounding; ``margin_loss`` pushes them inwards. Computed in float32.
+    """
+    z, codebook = z.float(), codebook.float()
+    sq = codebook.pow(2).sum(1)  # K
+    own = codebook[ids.long()]  # N x D
+    distances = z.pow(2).sum(1, keepdim=True) - 2.0 * z @ codebook.t() + sq  # N x K
+    own_distance = (z - own).pow(2).sum(1, keepdim=True)  # N x 1
+    spacing = (sq - 2.0 * own @ codebook.t() + own.pow(2).sum(1, keepdim=True)).clamp_min(1e-12)  # N x K
+    ratio = (distances - own_distance) / spacing
+    ratio = ratio.scatter(1, ids.long().unsqueeze(1), float("inf"))
+    return ratio.min(1).values
+
+
+def margin_loss(z: torch.Tensor, codebook: torch.Tensor, ids: torch.Tensor, target: float) -> torch.Tensor:
+    """Mean of relu(target - boundary_margin): moves latents (not codes) at least ``target`` into their cells."""
+    return F.relu(target - boundary_margin(z, codebook.detach(), ids)).mean()
+
+
 @dataclass
 class QuantizerOutput:
     """What one quantizer forward pass gives.

@@ -41,6 +41,7 @@ from .losses import (
 from .metrics import CodeUsage, psnr, ssim
 from .model import Tokenizer
 from .presets import ModelConfig, preset
+from .quantizer import margin_loss
 from .schedule import Schedule
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,8 @@ class TrainConfig:
     perceptual_weight: float = 1.0
     gan_weight: float = 0.0  # PatchGAN hinge loss weight; 0 disables the discriminator
     gan_start: int = 0  # step at which the adversarial loss starts
+    margin_weight: float = 0.0  # weight of the code-margin term once quantized (keeps INT8 ids equal to FP32 ids)
+    margin: float = 0.5  # target relative depth of each latent inside its code's cell (0 boundary, 1 at the code)
     restart_dead_codes_every: int = 0  # move codes unused for this many steps onto live latents; 0 = off
     quantizer: str = "vq"  # vq (provq's own), or a study peer from vector-quantize-pytorch: vqtorch or fsq
     kmeans_points: int = 0  # latent vectors for the k-means init over all ranks; 0 = 20 x codebook size
@@ -232,10 +235,16 @@ class Trainer:
                 f"warm-up ({self.schedule.warmup_steps}) + transition ({self.schedule.transition_steps}) steps exceed "
                 f"--steps {cfg.steps}: raise --steps or shorten them"
             )
-        if self.quantizer_kind != "vq" and (self.schedule.kind != "hard" or cfg.restart_dead_codes_every):
+        if self.quantizer_kind != "vq" and (
+            self.schedule.kind != "hard" or cfg.restart_dead_codes_every or cfg.margin_weight
+        ):
             raise ProvqError(
                 f"the {self.quantizer_kind} quantizer trains hard from step 0 with its own codebook upkeep: "
-                "use the hard schedule without dead-code restarts"
+                "use the hard schedule without dead-code restarts or a margin term"
+            )
+        if cfg.margin_weight < 0 or not 0.0 < cfg.margin <= 1.0:
+            raise ProvqError(
+                f"--margin-weight must be >= 0 and --margin in (0, 1], got {cfg.margin_weight} and {cfg.margin}"
             )
         torch.manual_seed(self.seed)
         splits = load_splits(cfg.data, cfg.val, val_fraction=cfg.val_fraction, max_video_frames=cfg.max_video_frames)
@@ -353,6 +362,10 @@ class Trainer:
             rec_loss = reconstruction_loss(recon, x, cfg.recon_loss)
             vq_loss = weight * (out.codebook_loss + self.model_cfg.beta * out.commitment_loss)
             loss = rec_loss + vq_loss
+            if cfg.margin_weight and out.ids is not None:
+                z = out.latents.float().permute(0, 2, 3, 1).reshape(-1, self.model_cfg.code_dim)
+                codebook = self.model.quantizer.codebook
+                loss = loss + cfg.margin_weight * margin_loss(z, codebook, out.ids.flatten(), cfg.margin)
             if self.perceptual is not None:
                 loss = loss + cfg.perceptual_weight * self.perceptual(recon, x)
             if use_gan:

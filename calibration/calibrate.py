@@ -1,0 +1,167 @@
+"""MODEL_DIR + representative frames -> encoder.int8.onnx, decoder.int8.onnx, calibration.json (and the manifest).
+
+Results are cached in MODEL_DIR/calibration-cache/<key>/, the key being a hash of (model fingerprint, data
+fingerprint, method, frame count and the settings that change the output); a matching entry is reused (and the
+reuse logged) unless ``recalibrate``. New files are written to temporary names and moved into place, the manifest
+last, so an interrupted run leaves the previous model directory working.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from provq.edge_runtime import manifest as mf
+from provq.edge_runtime.errors import EdgeError
+
+from . import frames as frame_selection
+from .quantize import METHODS, quantize_graph
+from .report import compare, session
+
+log = logging.getLogger("provq.calibrate")
+
+CACHE = "calibration-cache"
+REPORT = "calibration.json"
+ENGINES = ("ort", "modelopt")
+# Convs that stay FP32, and why (measured in docs/INT8.md): the nearest-code search needs its latents exact.
+DEFAULT_KEEP_FP32 = {
+    "encoder": {
+        "/quant_proj/Conv": "projects to the code space right before the nearest-code search; its rounding flips ids",
+    },
+    "decoder": {},
+}
+ALWAYS_FP32 = "nearest-code search and codebook lookup (/quantizer/*): never quantized, ids must not flip"
+
+
+@dataclass
+class CalibrationConfig:
+    """One calibration run; the fields below ``frames`` are part of the cache key."""
+
+    data: list[str]  # runtime source URIs: video files, image folders, globs, cameras...
+    frames: int = 300  # calibration frames (error below 64, warning below 300)
+    method: str = "entropy"  # entropy, minmax or percentile
+    engine: str = "ort"  # ort (onnxruntime.quantization) or modelopt (nvidia-modelopt, optional)
+    size: tuple[int, int] = (256, 256)  # frames are resized to cover W x H and centre-cropped
+    evaluation_frames: int = 32  # held-out frames the report measures on
+    keep_fp32: dict[str, dict[str, str]] = field(default_factory=lambda: dict(DEFAULT_KEEP_FP32))
+
+
+def _check(cfg: CalibrationConfig) -> None:
+    if cfg.method not in METHODS:
+        raise EdgeError(f"unknown --method {cfg.method!r}: use one of {', '.join(METHODS)}")
+    if cfg.engine not in ENGINES:
+        raise EdgeError(f"unknown --engine {cfg.engine!r}: use one of {', '.join(ENGINES)}")
+    if cfg.frames < frame_selection.MIN_FRAMES:
+        raise EdgeError(
+            f"--frames {cfg.frames} is too few to calibrate INT8 ranges: use at least {frame_selection.MIN_FRAMES} "
+            f"(300 or more recommended)"
+        )
+    if cfg.frames < frame_selection.WARN_FRAMES:
+        log.warning("--frames %d is below the recommended %d: ranges may miss rare content", cfg.frames, 300)
+    if cfg.evaluation_frames < 1:
+        raise EdgeError("--eval-frames must be at least 1")
+
+
+def _cache_key(manifest: mf.Manifest, fingerprint: str, cfg: CalibrationConfig) -> str:
+    model = [manifest.data["sha256"][manifest.path("fp32", part).name] for part in mf.PARTS]
+    settings = {"model": model, "data": fingerprint, "method": cfg.method, "frames": cfg.frames,
+                "engine": cfg.engine, "size": list(cfg.size), "evaluation_frames": cfg.evaluation_frames,
+                "keep_fp32": cfg.keep_fp32, "format": 1}  # fmt: skip
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _quantize(engine: str, *args: Any, **kwargs: Any) -> None:
+    if engine == "modelopt":
+        from .modelopt_engine import quantize_graph_modelopt
+
+        quantize_graph_modelopt(*args, **kwargs)
+    else:
+        quantize_graph(*args, **kwargs)
+
+
+def _run(manifest: mf.Manifest, sets: frame_selection.FrameSets, cfg: CalibrationConfig, out: Path) -> dict:
+    started = time.perf_counter()
+    enc32, dec32 = manifest.path("fp32", "encoder"), manifest.path("fp32", "decoder")
+    enc_in, _ = manifest.tensor_names("encoder")
+    dec_in, _ = manifest.tensor_names("decoder")
+    enc8, dec8 = out / "encoder.int8.onnx", out / "decoder.int8.onnx"
+    log.info("calibrating the encoder on %d frames (%s)", len(sets.calibration), cfg.method)
+    _quantize(cfg.engine, enc32, enc8, enc_in, sets.calibration, method=cfg.method,
+              keep_fp32=list(cfg.keep_fp32["encoder"]))  # fmt: skip
+    encoder = session(enc32)
+    ids = [encoder.run(None, {enc_in: x})[0] for x in sets.calibration]
+    log.info("calibrating the decoder on the FP32 ids of the same frames")
+    _quantize(cfg.engine, dec32, dec8, dec_in, ids, method=cfg.method, keep_fp32=list(cfg.keep_fp32["decoder"]))
+    log.info("measuring INT8 against FP32 on %d held-out frames", len(sets.evaluation))
+    figures = compare((enc32, dec32), (enc8, dec8), sets.evaluation, (enc_in, dec_in))
+    kept = [{"node": "/quantizer/*", "precision": "fp32", "why": ALWAYS_FP32}]
+    for part, nodes in cfg.keep_fp32.items():
+        kept += [{"part": part, "node": name, "precision": "fp32", "why": why} for name, why in nodes.items()]
+    return {
+        "format": "provq-calibration",
+        "version": 1,
+        "data": cfg.data,
+        "data_fingerprint": sets.fingerprint,
+        "candidate_frames": sets.candidates,
+        "method": cfg.method,
+        "engine": cfg.engine,
+        "frames": len(sets.calibration),
+        "size": list(cfg.size),
+        "quantized": "Conv inputs: per-tensor symmetric int8; Conv weights: per-channel symmetric int8",
+        "kept_higher_precision": kept,
+        "int8": figures,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def _install(manifest: mf.Manifest, entry: Path, report: dict) -> None:
+    """Copy the cached files into the model directory (atomic per file) and update the manifest last."""
+    directory = manifest.directory
+    for name in ("encoder.int8.onnx", "decoder.int8.onnx", REPORT):
+        tmp = directory / f".{name}.{os.getpid()}.tmp"
+        shutil.copyfile(entry / name, tmp)
+        os.replace(tmp, directory / name)
+    data = dict(manifest.data)
+    data["files"] = {**data["files"], "int8": {"encoder": "encoder.int8.onnx", "decoder": "decoder.int8.onnx"}}
+    data["sha256"] = {**data["sha256"], **{n: mf.sha256_file(directory / n) for n in data["files"]["int8"].values()}}
+    data["int8"] = {key: report[key] for key in ("method", "engine", "frames", "data", "data_fingerprint", "size")} | {
+        "token_agreement": report["int8"]["token_agreement"],
+        "psnr_drop_db": report["int8"]["psnr_drop_db"],
+    }
+    mf.write_json_atomic(directory / mf.NAME, data)
+
+
+def calibrate(model_dir: str | Path, cfg: CalibrationConfig, *, recalibrate: bool = False) -> dict:
+    """Calibrate (or reuse a cached calibration) and install the INT8 files; returns the calibration report."""
+    _check(cfg)
+    manifest = mf.load_manifest(model_dir)
+    for part in mf.PARTS:
+        manifest.verify(manifest.path("fp32", part))
+    sets = frame_selection.select_frames(
+        cfg.data, cfg.frames, downsample=manifest.downsample, size=cfg.size, evaluation=cfg.evaluation_frames
+    )
+    key = _cache_key(manifest, sets.fingerprint, cfg)
+    entry = manifest.directory / CACHE / key
+    if (entry / REPORT).is_file() and not recalibrate:
+        log.info("reusing calibration %s from %s (pass --recalibrate to run it again)", key, entry)
+        report = json.loads((entry / REPORT).read_text())
+    else:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=entry.parent))
+        try:
+            report = _run(manifest, sets, cfg, staging) | {"cache_key": key}
+            (staging / REPORT).write_text(json.dumps(report, indent=2) + "\n")
+            shutil.rmtree(entry, ignore_errors=True)
+            staging.rename(entry)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    _install(manifest, entry, report)
+    return report

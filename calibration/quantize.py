@@ -1,0 +1,90 @@
+"""INT8 post-training quantization of one ONNX graph into explicit Q/DQ form that TensorRT 10.3-11.x accepts.
+
+Only Conv nodes are quantized: per-channel symmetric INT8 weights (axis 0) and per-tensor symmetric INT8 inputs
+(zero point 0), Q/DQ on the inputs of the quantized Convs, never on outputs. Everything else stays FP32, in
+particular the nearest-code search (distance MatMul, ArgMin, codebook Gather) and any Conv named in ``keep_fp32``.
+
+Activation ranges come from ONNX Runtime's calibrators run here on the calibration frames:
+    minmax      the largest magnitude seen
+    entropy     TensorRT's method: the clipping threshold that minimises the KL divergence between the 2048-bin
+                histogram and its 128-level quantized version (ONNX Runtime's quantize_static defaults to 128 bins,
+                which makes it identical to minmax; we run the calibrator ourselves with 2048)
+    percentile  the 99.999th percentile of magnitudes (2048 bins)
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quantize_static,
+)
+from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+
+METHODS = {
+    "minmax": (CalibrationMethod.MinMax, {}),
+    "entropy": (CalibrationMethod.Entropy, {"num_bins": 2048, "num_quantized_bins": 128}),
+    "percentile": (CalibrationMethod.Percentile, {"num_bins": 2048, "percentile": 99.999}),
+}
+QUANTIZED_OPS = ["Conv"]
+
+
+class _Reader(CalibrationDataReader):
+    """Feeds one input array at a time to ONNX Runtime's calibrator."""
+
+    def __init__(self, name: str, arrays: list[np.ndarray]) -> None:
+        self.name = name
+        self.arrays: Iterator[np.ndarray] = iter(arrays)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        array = next(self.arrays, None)
+        return None if array is None else {self.name: array}
+
+
+def quantize_graph(
+    fp32_path: Path,
+    int8_path: Path,
+    input_name: str,
+    inputs: list[np.ndarray],
+    *,
+    method: str,
+    keep_fp32: list[str],
+) -> None:
+    """Calibrate ``fp32_path`` on ``inputs`` (each one batch for ``input_name``) and write the Q/DQ ``int8_path``."""
+    calibrate_method, options = METHODS[method]
+    with tempfile.TemporaryDirectory(prefix="provq-calib-") as tmp:
+        calibrator = create_calibrator(
+            str(fp32_path),
+            QUANTIZED_OPS,
+            augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+            calibrate_method=calibrate_method,
+            providers=["CPUExecutionProvider"],
+            extra_options={"symmetric": True, **options},
+        )
+        calibrator.collect_data(_Reader(input_name, inputs))
+        ranges = Path(tmp) / "ranges.json"
+        save_tensors_data(calibrator.compute_data(), ranges)
+        del calibrator
+        logging.getLogger("onnxruntime").setLevel(logging.WARNING)
+        quantize_static(
+            str(fp32_path),
+            str(int8_path),
+            calibration_data_reader=None,
+            calibration_cache_path=str(ranges),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=QUANTIZED_OPS,
+            nodes_to_exclude=keep_fp32,
+            per_channel=True,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=calibrate_method,
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+        )

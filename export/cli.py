@@ -1,0 +1,101 @@
+"""``provq-export``: checkpoint -> ONNX model directory; ``check`` it for TensorRT; ``engine`` builds on the device.
+
+Examples:
+    provq-export default --out models/tiny                 # the shipped model -> encoder.onnx, decoder.onnx, manifest
+    provq-export runs/photos/last.pt --out models/photos
+    provq-export check models/tiny                         # TensorRT 10.3 parser and Q/DQ rules, FP32 and INT8 files
+    provq-export engine models/tiny --precision int8       # on the Jetson: TensorRT engines (see --help there)
+
+Formats:
+    | format           | files                       | made by              | runs on                            |
+    | ONNX FP32        | encoder.onnx, decoder.onnx  | provq-export         | ONNX Runtime anywhere, TensorRT    |
+    | ONNX INT8 (Q/DQ) | *.int8.onnx                 | provq-calibrate      | ONNX Runtime CPU, TensorRT 10.3+   |
+    | TensorRT engine  | engines/*.engine (+ .json)  | provq-export engine  | the device + TensorRT it was built |
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+PROG = "provq-export"
+
+
+def _export_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Export a provq checkpoint to ONNX (encoder: frames -> int32 ids, decoder: ids -> frames).",
+        epilog=__doc__.split("\n", 2)[2],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("checkpoint", metavar="CKPT", help="a last.pt written by provq-train, or 'default'")
+    p.add_argument("--out", required=True, type=Path, help="model directory to write (replaced if it is one)")
+    p.add_argument("--json", type=Path, default=None, help="also write the manifest to this file")
+    args = p.parse_args(argv)
+    try:
+        from provq.train.errors import ProvqError
+    except ImportError:
+        print(f"{PROG}: error: exporting needs torch: pip install 'provq[train]'", file=sys.stderr)
+        return 2
+    from provq.edge_runtime.errors import EdgeError
+
+    from .onnx_export import export_model
+
+    try:
+        manifest = export_model(args.checkpoint, args.out)
+    except (ProvqError, EdgeError) as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
+    if args.json:
+        args.json.write_text(json.dumps(manifest.data, indent=2) + "\n")
+    parity = manifest.data["parity"]
+    print(
+        f"wrote {args.out}/encoder.onnx, decoder.onnx, manifest.json (opset {manifest.data['opset']}, "
+        f"{manifest.codebook_size} codes, downsample {manifest.downsample}); ONNX Runtime vs PyTorch: "
+        f"{parity['token_agreement']:.2%} ids equal, decoder max diff {parity['decoder_max_abs_diff']:.1e}"
+    )
+    print(f"next: provq-calibrate {args.out} --data FRAMES --frames 300   (INT8 files for TensorRT and the CPU)")
+    return 0
+
+
+def _check_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog=f"{PROG} check",
+        description="Check a model directory's ONNX files against TensorRT 10.3's parser and Q/DQ rules (no GPU).",
+    )
+    p.add_argument("model_dir", metavar="MODEL_DIR")
+    args = p.parse_args(argv)
+    from provq.edge_runtime.errors import EdgeError
+
+    from .trt_check import OLDEST_TENSORRT, check_model_dir
+
+    try:
+        findings = check_model_dir(args.model_dir)
+    except EdgeError as err:
+        print(f"{PROG} check: error: {err}", file=sys.stderr)
+        return 2
+    for finding in findings:
+        print(finding)
+    errors = sum(f.level == "error" for f in findings)
+    if errors:
+        print(f"{errors} error(s): TensorRT would refuse these files", file=sys.stderr)
+        return 1
+    print(f"ok: {args.model_dir} passes the TensorRT {OLDEST_TENSORRT}+ parser and Q/DQ checks")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "engine":
+        from .engine_cli import engine_main
+
+        return engine_main(argv[1:], prog=f"{PROG} engine")
+    if argv and argv[0] == "check":
+        return _check_main(argv[1:])
+    return _export_main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""Checkpoint -> model directory: encoder.onnx, decoder.onnx and manifest.json, checked against PyTorch.
+
+    provq-export default --out models/tiny
+
+Both graphs take dynamic batch and spatial sizes (multiples of the downsample factor), use opset 17 (TensorRT 10.3,
+JetPack 6's version, parses opsets 9-20) and int32 ids. The parity check runs the ONNX files in ONNX Runtime on real
+frames (the shipped sample photos, prepared by the runtime's own preprocessing) and compares ids and reconstructions
+with PyTorch; its figures go into the manifest, and an export that disagrees is refused.
+
+The directory is written next to its destination and moved into place only when complete, so an interrupted or
+failed export leaves the previous directory untouched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from provq.edge_runtime import manifest as mf
+from provq.edge_runtime.preprocess import prepare, resize_to
+from provq.train import checkpoint
+from provq.train.data import list_media, read_image, sample_dir
+from provq.train.errors import ProvqError
+from provq.train.model import Tokenizer
+
+from .graphs import DecoderGraph, EncoderGraph
+
+OPSET = 17
+MIN_TOKEN_PARITY = 0.999  # ONNX Runtime FP32 ids equal to PyTorch's on at least this share of positions
+PARITY_SIZE = 256  # parity frames are resized to fit this many pixels on their longer side
+
+
+def codebook_sha256(codebook: torch.Tensor) -> str:
+    """sha256 of the K x D codebook as float32 little-endian bytes: the fingerprint token streams carry."""
+    array = codebook.detach().cpu().float().numpy().astype("<f4", copy=False)
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for package in ("provq", "torch", "onnx", "onnxruntime", "numpy", "opencv-python-headless"):
+        try:
+            out[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def _export(module: torch.nn.Module, example: torch.Tensor, path: Path, names: tuple[str, str], axes: dict) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice; its output is what we want
+        torch.onnx.export(
+            module,
+            (example,),
+            str(path),
+            input_names=[names[0]],
+            output_names=[names[1]],
+            opset_version=OPSET,
+            dynamic_axes=axes,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+
+
+def parity_frames(downsample: int, limit: int = 6) -> list[np.ndarray]:
+    """Real frames for the parity check: sample photos at most PARITY_SIZE on the longer side, as 1 x 3 x H x W."""
+    images, _ = list_media(sample_dir() / "images")
+    frames = []
+    for path in images[:limit]:
+        rgb = read_image(path)
+        if rgb is None:
+            continue
+        scale = PARITY_SIZE / max(rgb.shape[:2])
+        if scale < 1:
+            rgb = resize_to(rgb, round(rgb.shape[1] * scale), round(rgb.shape[0] * scale))
+        frames.append(prepare(np.ascontiguousarray(rgb[..., ::-1]), downsample)[0])
+    return frames
+
+
+def check_parity(model: Tokenizer, encoder_path: Path, decoder_path: Path) -> dict[str, Any]:
+    """Run both ONNX files in ONNX Runtime (CPU) against PyTorch on real frames; figures for the manifest."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    encoder = ort.InferenceSession(str(encoder_path), options, providers=["CPUExecutionProvider"])
+    decoder = ort.InferenceSession(str(decoder_path), options, providers=["CPUExecutionProvider"])
+    same = total = 0
+    max_diff = 0.0
+    sizes = []
+    frames = parity_frames(model.downsample)
+    frames.append(np.concatenate([frames[0], frames[0][:, :, ::-1].copy()]))  # a batch of 2
+    with torch.no_grad():
+        for x in frames:
+            ids_torch = model.encode(torch.from_numpy(x)).numpy()
+            ids_onnx = encoder.run(None, {"images": x})[0]
+            if ids_onnx.dtype != np.int32 or ids_onnx.shape != ids_torch.shape:
+                raise ProvqError(f"exported encoder gives {ids_onnx.dtype} {ids_onnx.shape}, expected int32 ids")
+            same += int((ids_onnx == ids_torch).sum())
+            total += ids_torch.size
+            recon_torch = model.decode(torch.from_numpy(ids_torch)).numpy()
+            recon_onnx = decoder.run(None, {"ids": ids_torch})[0]
+            max_diff = max(max_diff, float(np.abs(recon_onnx - recon_torch).max()))
+            sizes.append(list(x.shape))
+    agreement = same / total
+    if agreement < MIN_TOKEN_PARITY or max_diff > 1e-3:
+        raise ProvqError(
+            f"ONNX Runtime disagrees with PyTorch (ids {agreement:.4%} equal, decoder max diff {max_diff:.2e}): "
+            "the export is broken; report it with the checkpoint"
+        )
+    return {
+        "frames": len(frames),
+        "shapes": sizes,
+        "tokens": total,
+        "token_agreement": agreement,
+        "decoder_max_abs_diff": max_diff,
+        "runtime": "onnxruntime CPUExecutionProvider",
+    }
+
+
+def _prepare_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise ProvqError(f"--out {out} is a file: choose a directory")
+    if out.is_dir() and any(out.iterdir()) and not (out / mf.NAME).is_file():
+        raise ProvqError(f"--out {out} is a non-empty directory that is not a provq model: choose another --out")
+
+
+def export_model(ckpt: str | Path, out: str | Path) -> mf.Manifest:
+    """Export a checkpoint (or ``default``) to ``out``; replaces a previous provq model directory there."""
+    out = Path(out).expanduser()
+    _prepare_out(out)
+    state = checkpoint.load(ckpt)
+    model = checkpoint.load_tokenizer(ckpt)
+    if not bool(model.quantizer.initialized):
+        raise ProvqError(f"{checkpoint.resolve(ckpt)} was saved before its codebook was set: train past the warm-up")
+    cfg = model.config
+    ds = cfg.downsample
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; the model directory is an ordinary folder
+    try:
+        encoder_path, decoder_path = staging / "encoder.onnx", staging / "decoder.onnx"
+        images = torch.zeros(1, 3, 4 * ds, 6 * ds)
+        spatial = {0: "batch", 2: "height", 3: "width"}
+        grid = {0: "batch", 1: "rows", 2: "columns"}
+        _export(EncoderGraph(model).eval(), images, encoder_path, ("images", "ids"), {"images": spatial, "ids": grid})
+        ids = torch.zeros(1, 4, 6, dtype=torch.int32)
+        _export(DecoderGraph(model).eval(), ids, decoder_path, ("ids", "images"), {"ids": grid, "images": spatial})
+        parity = check_parity(model, encoder_path, decoder_path)
+        source = checkpoint.resolve(ckpt)
+        data = {
+            "format": mf.FORMAT,
+            "version": mf.VERSION,
+            "preset": state.get("preset"),
+            "model_config": cfg.to_dict(),
+            "downsample": ds,
+            "codebook_size": cfg.codebook_size,
+            "code_dim": cfg.code_dim,
+            "codebook_sha256": codebook_sha256(model.quantizer.codebook),
+            "input": {"name": "images", "layout": "NCHW", "channels": "RGB", "dtype": "float32", "range": [-1.0, 1.0]},
+            "output": {"name": "ids", "layout": "N x H/ds x W/ds", "dtype": "int32"},
+            "tensors": {
+                "encoder": {"input": "images", "output": "ids"},
+                "decoder": {"input": "ids", "output": "images"},
+            },
+            "opset": OPSET,
+            "files": {"fp32": {"encoder": encoder_path.name, "decoder": decoder_path.name}},
+            "sha256": {p.name: mf.sha256_file(p) for p in (encoder_path, decoder_path)},
+            "exported_with": _versions(),
+            "source": {
+                "checkpoint": source.name,
+                "checkpoint_sha256": mf.sha256_file(source),
+                "step": state.get("step"),
+            },
+            "parity": parity,
+        }
+        mf.write_json_atomic(staging / mf.NAME, data)
+        _move_into_place(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return mf.load_manifest(out)
+
+
+def _move_into_place(staging: Path, out: Path) -> None:
+    """Swap the finished staging directory in for ``out`` (an old model directory is removed only afterwards)."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        out.rename(old)
+    staging.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
