@@ -47,7 +47,7 @@ setup(
     package_dir=STAGES,
     package_data={
         "provq.train": ["assets/*.pt", "assets/*.md"],
-        "provq.edge_runtime": ["assets/sample/*", "assets/sample/images/*"],
+        "provq.edge_runtime": ["assets/sample/*", "assets/sample/images/*", "assets/model/*"],
     },
     include_package_data=False,
     install_requires=BASE,
@@ -58,6 +58,9 @@ setup(
             "provq-study = provq.train.study:main",
             "provq-export = provq.export.cli:main",
             "provq-calibrate = provq.calibration.cli:main",
+            "provq-run = provq.edge_runtime.run_cli:main",
+            "provq-decode = provq.edge_runtime.decode_cli:main",
+            "provq-bench = provq.edge_runtime.bench_cli:main",
         ]
     },
 )

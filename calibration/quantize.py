@@ -1,7 +1,7 @@
 """INT8 post-training quantization of one ONNX graph into explicit Q/DQ form that TensorRT 10.3-11.x accepts.
 
 Only Conv nodes are quantized: per-channel symmetric INT8 weights (axis 0) and per-tensor symmetric INT8 inputs
-(zero point 0), Q/DQ on the inputs of the quantized Convs, never on outputs. Everything else stays FP32, in
+(zero point 0), Q/DQ on the inputs of the quantized Convs, never on outputs; biases stay FP32. Everything else stays FP32, in
 particular the nearest-code search (distance MatMul, ArgMin, codebook Gather) and any Conv named in ``keep_fp32``.
 
 Activation ranges come from ONNX Runtime's calibrators run here on the calibration frames:
@@ -86,5 +86,6 @@ def quantize_graph(
             activation_type=QuantType.QInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=calibrate_method,
-            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+            # Biases stay FP32: TensorRT's explicit quantization takes int8 Q/DQ only (no int32 bias DQ).
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
         )

@@ -60,18 +60,22 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON so that a crash leaves the old file or the new one, never half of one."""
+def write_bytes_atomic(path: Path, data: bytes | memoryview) -> None:
+    """Write bytes (or a buffer such as TensorRT's IHostMemory) so a crash leaves the old file or the new one."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, sort_keys=False)
-            f.write("\n")
+        with open(tmp, "wb") as f:
+            f.write(memoryview(data))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Write JSON (indented, trailing newline) atomically: see ``write_bytes_atomic``."""
+    write_bytes_atomic(path, (json.dumps(data, indent=2) + "\n").encode("utf-8"))
 
 
 def _plain_name(name: object, where: str) -> str:

@@ -36,7 +36,6 @@ rebuild command unless ``rebuild=True``. A timing cache per device and TensorRT 
 from __future__ import annotations
 
 import logging
-import os
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,7 +62,7 @@ from provq.edge_runtime.engine_meta import (
     write_sidecar,
 )
 from provq.edge_runtime.errors import EdgeError
-from provq.edge_runtime.manifest import PARTS, PRECISIONS, Manifest, load_manifest
+from provq.edge_runtime.manifest import PARTS, PRECISIONS, Manifest, load_manifest, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -215,19 +214,6 @@ def parser_error_line(parser: Any, onnx_path: Path) -> str:
     return " ".join(f"TensorRT's ONNX parser rejected {onnx_path.name}{where}: {desc}{more}".split())
 
 
-def _write_bytes_atomic(path: Path, data: Any) -> None:
-    """Write bytes (or a buffer such as TensorRT's IHostMemory) so a crash leaves the old file or the new one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(memoryview(data))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _network_input(network: Any, plan: BuildPlan) -> None:
     """Check that the parsed network has the manifest's input with a shape the profile fits."""
     r = plan.request
@@ -295,7 +281,7 @@ def _build(trt: ModuleType, plan: BuildPlan) -> bytes | Any:
             f"TensorRT could not build the {r.part} {r.precision} engine from {plan.onnx_path.name} (see its log "
             "above): try a larger --workspace, or check the ONNX with polygraphy"
         )
-    _write_bytes_atomic(plan.timing_cache_path, config.get_timing_cache().serialize())
+    write_bytes_atomic(plan.timing_cache_path, config.get_timing_cache().serialize())
     return serialized
 
 
@@ -341,7 +327,7 @@ def build_engine(
     request.out_dir.mkdir(parents=True, exist_ok=True)
     serialized = _build(trt, plan)
     sidecar_path(engine_path).unlink(missing_ok=True)  # a crash below leaves no sidecar, so no stale match
-    _write_bytes_atomic(engine_path, serialized)
+    write_bytes_atomic(engine_path, serialized)
     meta = make_meta(
         request.manifest, part=part, precision=precision, input_name=request.input_name, profile=request.profile,
         device=device, trt_version=trt.__version__, dla_core=request.dla_core, onnx_file=plan.onnx_path.name,

@@ -1,0 +1,134 @@
+"""provq-calibrate: representative frames, Q/DQ INT8 files TensorRT accepts, the cache, and bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from provq.calibration.frames import farthest_points, select_frames
+from provq.edge_runtime.errors import EdgeError
+from provq.edge_runtime.manifest import load_manifest
+from provq.export.trt_check import check_model_dir
+
+QUICK = ["--data", "sample://", "--data", "sample://images", "--frames", "64", "--size", "64x64", "--eval-frames", "8"]
+
+
+def calibrate(model: Path, *args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "provq.calibration.cli", str(model), *args]
+    return subprocess.run(command, capture_output=True, text=True, check=False)
+
+
+@pytest.fixture(scope="module")
+def calibrated(exported: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    model = tmp_path_factory.mktemp("calib") / "tiny"
+    shutil.copytree(exported, model)
+    done = calibrate(model, *QUICK, "--method", "minmax")
+    assert done.returncode == 0, done.stderr
+    return model, done
+
+
+def test_calibration_writes_int8_files_and_a_report(calibrated: tuple[Path, subprocess.CompletedProcess]) -> None:
+    model, done = calibrated
+    manifest = load_manifest(model)
+    assert manifest.precisions == ["fp32", "int8"]
+    for part in ("encoder", "decoder"):
+        manifest.verify(manifest.path("int8", part))
+    report = json.loads((model / "calibration.json").read_text())
+    figures = report["int8"]
+    assert report["frames"] == 64 and report["method"] == "minmax" and figures["frames"] == 8
+    assert 0.5 < figures["token_agreement"] <= 1.0
+    assert figures["fp32_psnr_db"] > 18 and abs(figures["psnr_drop_db"]) < 1.0
+    assert any(k["node"] == "/quantizer/*" for k in report["kept_higher_precision"])
+    assert manifest.data["int8"]["data_fingerprint"] == report["data_fingerprint"]
+    assert "token agreement" in done.stdout and "Traceback" not in done.stderr
+    assert "below the recommended 300" in done.stderr  # 64 frames: allowed, with a warning
+
+
+def test_int8_graph_follows_tensorrt_qdq_rules(calibrated: tuple[Path, subprocess.CompletedProcess]) -> None:
+    model, _ = calibrated
+    assert [str(f) for f in check_model_dir(model)] == []
+    graph = onnx.load(str(model / "encoder.int8.onnx")).graph
+    inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    producers = {o: n for n in graph.node for o in n.output}
+    quantized_convs = 0
+    for node in graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            assert not node.name.startswith("/quantizer/")
+            zero = inits[node.input[2]]
+            assert zero.dtype == np.int8 and not zero.any()  # symmetric int8
+        if node.op_type == "Conv":
+            weight = producers.get(node.input[1])
+            if weight is not None and weight.op_type == "DequantizeLinear":
+                quantized_convs += 1
+                assert inits[weight.input[1]].size == inits[weight.input[0]].shape[0]  # per output channel
+        if node.name.startswith("/quantizer/"):
+            assert all(producers[i].op_type not in ("QuantizeLinear", "DequantizeLinear")
+                       for i in node.input if i in producers)  # fmt: skip
+    assert quantized_convs >= 10
+
+
+def test_a_second_run_reuses_the_cache(calibrated: tuple[Path, subprocess.CompletedProcess]) -> None:
+    model, _ = calibrated
+    before = (model / "encoder.int8.onnx").read_bytes()
+    started = time.perf_counter()
+    again = calibrate(model, *QUICK, "--method", "minmax")
+    assert again.returncode == 0 and "reusing calibration" in again.stderr
+    assert (model / "encoder.int8.onnx").read_bytes() == before
+    assert time.perf_counter() - started < 60
+
+
+def test_too_few_frames_is_an_error(exported: Path) -> None:
+    done = calibrate(exported, "--data", "sample://", "--frames", "63")
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and "at least 64" in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--data", "sample://images", "--frames", "64"], "gave 9 frames"),
+        (["--data", "/no/such/clip.mp4", "--frames", "64"], "no/such/clip.mp4"),
+        (["--data", "sample://", "--frames", "64", "--size", "60x60"], "multiple of the model's downsample"),
+    ],
+)
+def test_bad_data_gives_one_line_and_leaves_the_model(exported: Path, args: list[str], message: str) -> None:
+    before = (exported / "manifest.json").read_text()
+    done = calibrate(exported, *args)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and message in lines[-1] and "Traceback" not in done.stderr, done.stderr
+    assert (exported / "manifest.json").read_text() == before
+
+
+def test_a_missing_model_directory_is_one_line(tmp_path: Path) -> None:
+    done = calibrate(tmp_path / "nope", "--data", "sample://", "--frames", "64")
+    assert done.returncode == 2 and "does not exist" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_farthest_points_cover_every_cluster_first() -> None:
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    labels = np.repeat(np.arange(3), [50, 5, 5])  # one crowded cluster, two rare ones
+    features = centres[labels] + rng.normal(0, 0.1, (60, 2))
+    picked = farthest_points(features, 3)
+    assert sorted(labels[picked]) == [0, 1, 2]
+    held_out = farthest_points(features, 5, exclude=picked)
+    assert not set(held_out) & set(picked)
+
+
+def test_selected_frames_are_spread_over_the_clip() -> None:
+    sets = select_frames(["sample://"], 16, downsample=8, size=(64, 64), evaluation=4)
+    assert len(sets.calibration) == 16 and len(sets.evaluation) == 4 and sets.candidates == 80
+    assert sets.calibration[0].shape == (1, 3, 64, 64) and sets.calibration[0].dtype == np.float32
+    again = select_frames(["sample://"], 16, downsample=8, size=(64, 64), evaluation=4)
+    assert again.fingerprint == sets.fingerprint  # deterministic: the cache key is stable
+    with pytest.raises(EdgeError):
+        select_frames(["sample://"], 80, downsample=8, size=(64, 64))
