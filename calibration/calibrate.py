@@ -37,8 +37,8 @@ DEFAULT_KEEP_FP32 = {
         "/quant_proj/Conv": "projects to the code space right before the nearest-code search; its rounding flips ids",
     },
     "decoder": {
-        "/post_quant_proj/Conv": "reads the codebook vectors straight from the lookup; a 1x1 conv from 8 channels, cheap "
-        "in FP32, so the codes enter the decoder exactly",
+        "/post_quant_proj/Conv": "reads the codebook vectors straight from the lookup; a 1x1 conv from 8 channels, "
+        "cheap in FP32, so the codes enter the decoder exactly",
     },
 }
 ALWAYS_FP32 = "nearest-code search and codebook lookup (/quantizer/*): never quantized, ids must not flip"

@@ -1,8 +1,9 @@
 """INT8 post-training quantization of one ONNX graph into explicit Q/DQ form that TensorRT 10.3-11.x accepts.
 
 Only Conv nodes are quantized: per-channel symmetric INT8 weights (axis 0) and per-tensor symmetric INT8 inputs
-(zero point 0), Q/DQ on the inputs of the quantized Convs, never on outputs; biases stay FP32. Everything else stays FP32, in
-particular the nearest-code search (distance MatMul, ArgMin, codebook Gather) and any Conv named in ``keep_fp32``.
+(zero point 0), Q/DQ on the inputs of the quantized Convs, never on outputs; biases stay FP32. Everything else
+stays FP32, in particular the nearest-code search (distance MatMul, ArgMin, codebook Gather) and the Convs named
+in ``keep_fp32``.
 
 Activation ranges come from ONNX Runtime's calibrators run here on the calibration frames:
     minmax      the largest magnitude seen
