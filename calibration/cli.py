@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from provq.edge_runtime.errors import EdgeError
+from provq.edge_runtime.preprocess import parse_size
 
 from .calibrate import ENGINES, CalibrationConfig, calibrate
 from .quantize import METHODS
@@ -23,15 +24,11 @@ from .quantize import METHODS
 PROG = "provq-calibrate"
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    """'WxH' -> (W, H)."""
+def _size(text: str) -> tuple[int, int]:
     try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WxH such as 256x256, got {text!r}") from None
-    if width < 1 or height < 1:
-        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
-    return width, height
+        return parse_size(text)
+    except EdgeError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=d.frames, help="calibration frames, >= 64 (default: %(default)s)")
     p.add_argument("--method", default=d.method, choices=list(METHODS), help="range method (default: %(default)s)")
     p.add_argument("--engine", default=d.engine, choices=ENGINES, help="quantizer (default: %(default)s)")
-    p.add_argument("--size", type=parse_size, default=d.size, metavar="WxH", help="frame size (default: 256x256)")
+    p.add_argument("--size", type=_size, default=d.size, metavar="WxH", help="frame size (default: 256x256)")
     p.add_argument("--eval-frames", type=int, default=d.evaluation_frames, help="held-out frames (default: 32)")
     p.add_argument("--recalibrate", action="store_true", help="ignore a cached calibration and run it again")
     p.add_argument("--json", type=Path, default=None, help="also write the report to this file")

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from provq.edge_runtime.errors import EdgeError
-from provq.edge_runtime.preprocess import prepare, to_bgr_uint8
+from provq.edge_runtime.preprocess import cover_crop, prepare, to_bgr_uint8
 from provq.edge_runtime.sources import open_source
 
 MIN_FRAMES = 64  # fewer calibration frames is an error
@@ -30,15 +30,6 @@ class FrameSets:
     evaluation: list[np.ndarray]
     fingerprint: str  # sha256 of the chosen calibration frames' prepared pixels (the data half of the cache key)
     candidates: int  # frames read from the source
-
-
-def cover_crop(bgr: np.ndarray, width: int, height: int) -> np.ndarray:
-    """H x W x 3 uint8 -> height x width x 3: scale to cover, then centre-crop (no distortion)."""
-    scale = max(width / bgr.shape[1], height / bgr.shape[0])
-    w, h = max(width, round(bgr.shape[1] * scale)), max(height, round(bgr.shape[0] * scale))
-    resized = cv2.resize(bgr, (w, h), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
-    top, left = (h - height) // 2, (w - width) // 2
-    return resized[top : top + height, left : left + width]
 
 
 def descriptor(bgr: np.ndarray) -> np.ndarray:

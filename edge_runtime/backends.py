@@ -64,6 +64,9 @@ class OnnxRuntimeBackend:
         self.providers = providers or [p for p in GPU_PROVIDERS if p in available] + ["CPUExecutionProvider"]
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        options.enable_cpu_mem_arena = False  # a smaller resident set on small devices
+        # Worker threads sleep between runs instead of spinning, leaving the cores to capture and writing threads.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
@@ -100,8 +103,10 @@ class TensorRTBackend:
     """Native TensorRT: one engine per part from MODEL_DIR/engines, checked against this device before use."""
 
     def __init__(self, manifest: Manifest, precision: str, *, engines: Path | None = None) -> None:
+        from .engine_meta import import_tensorrt
         from .trt_runner import TensorRTRunner
 
+        import_tensorrt(" (or use --backend onnxruntime)")  # say so before looking for engines it could not run
         self.manifest = manifest
         self.precision = precision
         self.name = "tensorrt"

@@ -80,6 +80,22 @@ def resize_to(frame: np.ndarray, width: int, height: int) -> np.ndarray:
     return cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
 
 
+def cover_crop(bgr: np.ndarray, width: int, height: int) -> np.ndarray:
+    """H x W x 3 uint8 -> height x width x 3: scaled to cover width x height, then centre-cropped (no distortion)."""
+    scale = max(width / bgr.shape[1], height / bgr.shape[0])
+    scaled = resize_to(bgr, max(width, round(bgr.shape[1] * scale)), max(height, round(bgr.shape[0] * scale)))
+    top, left = (scaled.shape[0] - height) // 2, (scaled.shape[1] - width) // 2
+    return np.ascontiguousarray(scaled[top : top + height, left : left + width])
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"256x192"`` -> (256, 192), width first; a one-line EdgeError on anything else."""
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts) or min(int(p) for p in parts) < 1:
+        raise EdgeError(f"--size must be WxH such as 256x256, got {text!r}")
+    return int(parts[0]), int(parts[1])
+
+
 def fit_frame(bgr: np.ndarray, geometry: Geometry) -> np.ndarray:
     """H x W x 3 uint8 -> model_height x model_width x 3 uint8 according to ``geometry``."""
     g = geometry

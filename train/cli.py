@@ -102,6 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="restart codes unused for this many steps, 0 = off (default: %(default)s)",
     )
     p.add_argument(
+        "--int8-weight",
+        type=float,
+        default=d.int8_weight,
+        help="quantization-aware term: weight of the simulated-INT8 encoder's latent error relative to the code "
+        "spacing, so INT8 keeps the FP32 ids; 0 = off (default: %(default)s)",
+    )
+    p.add_argument(
         "--margin-weight",
         type=float,
         default=d.margin_weight,
@@ -112,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--margin",
         type=float,
         default=d.margin,
-        help="target depth of each latent in its code cell: 0 on a boundary, 1 at the code (default: %(default)s)",
+        help="target depth of each latent in its code's cell: 1 at the code, 0 at the largest ball inside the cell "
+        "(default: %(default)s)",
     )
     p.add_argument(
         "--eval-every",

@@ -38,27 +38,26 @@ def blend_straight_through(z: torch.Tensor, q: torch.Tensor, alpha: float) -> to
     return _BlendStraightThrough.apply(z, q.detach().to(z.dtype), float(alpha))
 
 
-def boundary_margin(z: torch.Tensor, codebook: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """How far each latent sits inside its code's Voronoi cell, relative to the cell: N x D, K x D, N -> N.
+def code_depth(z: torch.Tensor, codebook: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """How deep each latent sits inside its code's cell: N x D latents, K x D codebook, N ids -> N (float32).
 
-    r = min over k != i of (||z - e_k||^2 - ||z - e_i||^2) / ||e_k - e_i||^2, with i = ids: 1 when z sits on its code
-    e_i, 0 on the boundary with a neighbour, scale-free. Latents with a small r flip to another id under small
-    perturbations such as INT8 rounding; ``margin_loss`` pushes them inwards. Computed in float32.
+    depth = 1 - ||z - e_i|| / h_i, where h_i is half the distance from e_i to its nearest other code. The ball of
+    radius h_i around e_i lies inside e_i's Voronoi cell, so a latent of depth d is at least d * h_i away from every
+    boundary: any perturbation smaller than that (INT8 rounding, a re-encoded frame) keeps its id. 1 at the code,
+    0 on the ball's surface, negative beyond it. Unlike a margin measured to the boundary, it cannot be raised by
+    pushing latents far out of the codebook's hull.
     """
     z, codebook = z.float(), codebook.float()
-    sq = codebook.pow(2).sum(1)  # K
-    own = codebook[ids.long()]  # N x D
-    distances = z.pow(2).sum(1, keepdim=True) - 2.0 * z @ codebook.t() + sq  # N x K
-    own_distance = (z - own).pow(2).sum(1, keepdim=True)  # N x 1
-    spacing = (sq - 2.0 * own @ codebook.t() + own.pow(2).sum(1, keepdim=True)).clamp_min(1e-12)  # N x K
-    ratio = (distances - own_distance) / spacing
-    ratio = ratio.scatter(1, ids.long().unsqueeze(1), float("inf"))
-    return ratio.min(1).values
+    gaps = torch.cdist(codebook, codebook)
+    gaps.fill_diagonal_(float("inf"))
+    half = 0.5 * gaps.min(1).values.clamp_min(1e-12)  # K
+    own = codebook[ids.long()]
+    return 1.0 - (z - own).norm(dim=1) / half[ids.long()]
 
 
 def margin_loss(z: torch.Tensor, codebook: torch.Tensor, ids: torch.Tensor, target: float) -> torch.Tensor:
-    """Mean of relu(target - boundary_margin): moves latents (not codes) at least ``target`` into their cells."""
-    return F.relu(target - boundary_margin(z, codebook.detach(), ids)).mean()
+    """Mean of relu(target - code_depth): pulls latents (not codes) at least ``target`` deep into their cells."""
+    return F.relu(target - code_depth(z, codebook.detach(), ids)).mean()
 
 
 @dataclass

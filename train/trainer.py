@@ -31,6 +31,7 @@ from tqdm import tqdm
 from . import checkpoint, distributed, peer_quantizers
 from .data import CropSampler, center_crop, check_crop, load_splits, to_tensor
 from .errors import ProvqError
+from .int8_sim import half_code_spacing, simulated_int8
 from .losses import (
     PatchDiscriminator,
     PerceptualLoss,
@@ -73,8 +74,9 @@ class TrainConfig:
     perceptual_weight: float = 1.0
     gan_weight: float = 0.0  # PatchGAN hinge loss weight; 0 disables the discriminator
     gan_start: int = 0  # step at which the adversarial loss starts
+    int8_weight: float = 0.0  # weight of ||z_int8 - z||^2 / h^2 (simulated INT8 encoder vs FP32, h: half code spacing)
     margin_weight: float = 0.0  # weight of the code-margin term once quantized (keeps INT8 ids equal to FP32 ids)
-    margin: float = 0.5  # target relative depth of each latent inside its code's cell (0 boundary, 1 at the code)
+    margin: float = 0.5  # target depth of each latent in its code's cell (quantizer.code_depth: 1 at the code)
     restart_dead_codes_every: int = 0  # move codes unused for this many steps onto live latents; 0 = off
     quantizer: str = "vq"  # vq (provq's own), or a study peer from vector-quantize-pytorch: vqtorch or fsq
     kmeans_points: int = 0  # latent vectors for the k-means init over all ranks; 0 = 20 x codebook size
@@ -236,15 +238,16 @@ class Trainer:
                 f"--steps {cfg.steps}: raise --steps or shorten them"
             )
         if self.quantizer_kind != "vq" and (
-            self.schedule.kind != "hard" or cfg.restart_dead_codes_every or cfg.margin_weight
+            self.schedule.kind != "hard" or cfg.restart_dead_codes_every or cfg.margin_weight or cfg.int8_weight
         ):
             raise ProvqError(
                 f"the {self.quantizer_kind} quantizer trains hard from step 0 with its own codebook upkeep: "
                 "use the hard schedule without dead-code restarts or a margin term"
             )
-        if cfg.margin_weight < 0 or not 0.0 < cfg.margin <= 1.0:
+        if cfg.margin_weight < 0 or cfg.int8_weight < 0 or not 0.0 < cfg.margin <= 1.0:
             raise ProvqError(
-                f"--margin-weight must be >= 0 and --margin in (0, 1], got {cfg.margin_weight} and {cfg.margin}"
+                f"--margin-weight and --int8-weight must be >= 0 and --margin in (0, 1], got {cfg.margin_weight}, "
+                f"{cfg.int8_weight} and {cfg.margin}"
             )
         torch.manual_seed(self.seed)
         splits = load_splits(cfg.data, cfg.val, val_fraction=cfg.val_fraction, max_video_frames=cfg.max_video_frames)
@@ -349,6 +352,18 @@ class Trainer:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    def _int8_consistency(self, x: torch.Tensor, z: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """Mean squared distance between the simulated-INT8 and FP32 latents, in units of each code's half spacing.
+
+        Latents that move less than that under INT8 rounding keep their ids. quant_proj stays FP32, as in
+        provq-calibrate's default.
+        """
+        convs = [m for m in self.model.encoder.modules() if isinstance(m, torch.nn.Conv2d)]
+        with simulated_int8(convs):
+            z8 = self.model.quant_proj(self.model.encoder(x))
+        half = half_code_spacing(self.model.quantizer.codebook)[ids.long()]  # B x h x w
+        return ((z8.float() - z.float()).pow(2).sum(1) / half.pow(2)).mean()
+
     def train_step(self, x: torch.Tensor) -> dict[str, Any] | None:
         """One optimizer step on a B x 3 x crop x crop batch in [-1, 1]; None if skipped for non-finite values."""
         cfg, step = self.cfg, self.step
@@ -362,6 +377,8 @@ class Trainer:
             rec_loss = reconstruction_loss(recon, x, cfg.recon_loss)
             vq_loss = weight * (out.codebook_loss + self.model_cfg.beta * out.commitment_loss)
             loss = rec_loss + vq_loss
+            if cfg.int8_weight and out.ids is not None:
+                loss = loss + cfg.int8_weight * self._int8_consistency(x, out.latents, out.ids)
             if cfg.margin_weight and out.ids is not None:
                 z = out.latents.float().permute(0, 2, 3, 1).reshape(-1, self.model_cfg.code_dim)
                 codebook = self.model.quantizer.codebook

@@ -1,0 +1,234 @@
+"""``provq-run``: stream frames from a file, folder or camera to tokens, and reconstruct them if OUTPUT is given.
+
+Examples:
+    provq-run sample://                                          # the shipped clip; tokens counted, nothing written
+    provq-run sample:// out.mp4 --tokens clip.ptok --json run.json
+    provq-run /dev/video0 display://0 --input-width 640 --input-height 480 --tokens cam.ptok
+    provq-run rtsp://user:pass@cam:554/stream --tokens cam.ptok --precision int8
+    provq-run frames/ recon/%06d.png --fit crop --max-frames 100
+    provq-decode clip.ptok decoded.mp4                          # tokens back to frames
+
+Outputs: file.mp4 (mp4v), file.avi (MJPG), file.mkv (FFV1, lossless), folder/%06d.png or a folder, display://0.
+Without OUTPUT nothing is decoded and the run measures encoding only; without --tokens the token stream is coded
+and counted but not kept. Ctrl-C (SIGINT) or SIGTERM ends the run cleanly: frames already captured are finished,
+the token stream is flushed and closed, the output and --json are written; the exit status is 0 after SIGTERM and
+130 after SIGINT (a second Ctrl-C aborts at once, keeping the token chunks already written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections import deque
+from contextlib import ExitStack
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .console import StatusLine, quiet_opencv, stop_on_signals
+from .errors import EdgeError
+
+if TYPE_CHECKING:
+    from .outputs import Output
+
+PROG = "provq-run"
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Stream frames to provq tokens (.ptok) and optionally reconstruct them.",
+        epilog=__doc__.split("\n", 2)[2],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "input",
+        metavar="INPUT",
+        help="sample://, a video, a folder or glob of images, /dev/video0, rtsp://..., csi://0, gst://...",
+    )
+    p.add_argument(
+        "output",
+        metavar="OUTPUT",
+        nargs="?",
+        default=None,
+        help="reconstructions: file.mp4|.avi|.mkv, folder/%%06d.png, a folder, display://0",
+    )
+    p.add_argument(
+        "--model", default="default", help="model directory from provq-export, or 'default' (default: %(default)s)"
+    )
+    p.add_argument(
+        "--backend", default="auto", choices=("auto", "tensorrt", "onnxruntime"), help="default: %(default)s"
+    )
+    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "int8"), help="default: %(default)s")
+    p.add_argument("--tokens", type=Path, default=None, metavar="FILE.ptok", help="write the token stream here")
+    p.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the run's figures here")
+    p.add_argument("--headless", action="store_true", help="no window: ignore a display:// OUTPUT")
+    p.add_argument(
+        "--fit",
+        default="pad",
+        choices=("pad", "crop", "resize"),
+        help="how frames meet a multiple of the model's downsample factor (default: %(default)s)",
+    )
+    p.add_argument("--input-width", type=positive_int, default=None, metavar="W", help="resize frames to this width")
+    p.add_argument("--input-height", type=positive_int, default=None, metavar="H", help="resize frames to this height")
+    p.add_argument("--input-rate", type=float, default=None, metavar="R", help="camera rate; re-times files")
+    p.add_argument("--input-loop", type=int, default=0, metavar="N", help="replay files N more times, -1 forever")
+    p.add_argument("--threads", type=positive_int, default=None, metavar="K", help="ONNX Runtime threads")
+    p.add_argument(
+        "--codec", default="zlib", choices=("zlib", "zstd", "none"), help="token chunks (default: %(default)s)"
+    )
+    p.add_argument("--no-delta", action="store_true", help="code every frame on its own (no delta coding)")
+    p.add_argument(
+        "--keyframe-interval",
+        type=_non_negative,
+        default=0,
+        metavar="N",
+        help="also a keyframe every N frames; 0: one per 30-frame chunk (default: %(default)s)",
+    )
+    p.add_argument("--max-frames", type=positive_int, default=None, metavar="N", help="stop after N frames")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    quiet_opencv()
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format=f"{PROG}: %(message)s")
+    try:
+        return _run(args)
+    except EdgeError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; the token chunks written so far are intact", file=sys.stderr)
+        return 130
+
+
+def _check_paths(args: argparse.Namespace) -> None:
+    from . import tokenstream
+    from .outputs import check_writable_file
+
+    if args.tokens is not None:
+        check_writable_file(args.tokens, "--tokens")
+        if args.tokens.exists():
+            raise EdgeError(
+                f"--tokens {args.tokens} already exists: token streams are never overwritten; remove it "
+                "or pick another name"
+            )
+    if args.json is not None:
+        check_writable_file(args.json, "--json")
+    if args.codec == "zstd" and tokenstream.zstandard is None:
+        raise EdgeError("--codec zstd needs the zstandard package: pip install zstandard (or use --codec zlib)")
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .backends import open_backend
+    from .manifest import load_manifest, write_json_atomic
+    from .outputs import open_output
+    from .pipeline import Pipeline, PipelineConfig, Progress
+    from .source_uri import display
+    from .sources import open_source
+
+    _check_paths(args)
+    manifest = load_manifest(args.model)
+    with ExitStack() as stack:
+        source = stack.enter_context(
+            open_source(
+                args.input, width=args.input_width, height=args.input_height, rate=args.input_rate, loop=args.input_loop
+            )
+        )
+        output = None
+        if args.output is not None and not (args.headless and args.output.lower().startswith("display://")):
+            output = open_output(args.output, fps=source.fps)
+            stack.callback(output.close, ok=False)  # abandons a partial video if we never get to run
+        backend = open_backend(manifest.directory, args.backend, args.precision, threads=args.threads)
+        stack.callback(backend.close)
+        print(f"{PROG}: {source.describe()} | {backend.describe()}", file=sys.stderr)
+        config = PipelineConfig(
+            fit=args.fit,
+            max_frames=args.max_frames,
+            tokens=args.tokens,
+            codec=args.codec,
+            delta=not args.no_delta,
+            keyframe_interval=args.keyframe_interval,
+        )
+        pipeline = Pipeline(source, backend, config, output)
+        status = StatusLine()
+        recent: deque[tuple[float, int]] = deque(maxlen=5)  # (elapsed, frames) over the last ~2 s
+
+        def on_progress(p: Progress) -> None:
+            recent.append((p.elapsed_s, p.frames))
+            t0, n0 = recent[0]
+            fps = f"{(p.frames - n0) / (p.elapsed_s - t0):.1f}" if p.elapsed_s > t0 else "-"
+            size = f"{p.size[0]}x{p.size[1]}" if p.size else "-"
+            tokens = f"{p.grid[0] * p.grid[1]} tokens/frame" if p.grid else "- tokens/frame"
+            per_frame = f"{p.stream_bytes / p.stream_frames:.0f} B/frame" if p.stream_frames else "- B/frame"
+            total = f"/{min(source.total, args.max_frames or source.total)}" if source.total else ""
+            status.update(
+                f"{backend.name} {backend.precision} | {size} | {fps} FPS | {tokens} | {per_frame} | "
+                f"frame {p.frames}{total}"
+            )
+
+        with stop_on_signals(pipeline.stop) as received:
+            try:
+                report = pipeline.run(on_progress)
+            finally:
+                status.done()
+        summary = report.to_json()
+        summary.update(
+            backend=backend.name,
+            precision=backend.precision,
+            model=str(manifest.directory),
+            preset=manifest.data.get("preset"),
+            input=display(args.input, limit=1000),
+            output=args.output,
+            tokens=str(args.tokens) if args.tokens else None,
+            signal=received[0] if received else None,
+        )
+    if args.json is not None:
+        write_json_atomic(args.json, summary)
+    _print_summary(summary, args, output)
+    return 130 if "SIGINT" in received else 0
+
+
+def _print_summary(s: dict[str, Any], args: argparse.Namespace, output: Output | None) -> None:
+    """The end-of-run table (stdout): throughput, sizes, then per-stage p50 / p95 like trtexec's summary."""
+    lines = [
+        f"{PROG}: {s['frames']} frames in {s['elapsed_s']:.2f} s = {s['fps']:.2f} FPS (dropped {s['dropped']}, "
+        f"gaps {len(s['gaps'])}){' - stopped by ' + s['signal'] if s['signal'] else ''}"
+    ]
+    if s["grid"]:
+        raw = s["raw_bits_per_frame"] / 8
+        w, h = s["size"]
+        psnr = f" | PSNR {s['psnr_db']:.2f} dB" if s["psnr_db"] is not None else ""
+        lines.append(
+            f"  {s['backend']} {s['precision']} | {w}x{h} -> {s['grid'][0]}x{s['grid'][1]} tokens | "
+            f"{s['bytes_per_frame']:.1f} B/frame of {raw:.0f} raw ({s['bytes_per_frame'] / raw:.1%}){psnr}"
+        )
+        lines.append(f"  {'stage ms':<12}{'p50':>9}{'p95':>9}")
+        rows = [*s["stage_ms"].items(), ("end-to-end", {"p50": s["latency_ms_p50"], "p95": s["latency_ms_p95"]})]
+        lines += [f"  {name:<12}{ms['p50']:>9.2f}{ms['p95']:>9.2f}" for name, ms in rows]
+    written = [x for x in (output.describe() if output else None, s["tokens"], args.json) if x]
+    if written:
+        lines.append("wrote: " + ", ".join(map(str, written)))
+    if s["tokens"] and s["frames"]:
+        model = "" if args.model == "default" else f" --model {args.model}"
+        lines.append(f"next: provq-decode {s['tokens']} decoded.mp4{model}")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
