@@ -16,12 +16,14 @@ STAGES = {
     "provq.edge_runtime": "edge_runtime",
 }
 
-# The runtime needs numpy, OpenCV and ONNX Runtime. On aarch64 (Jetson) JetPack's own OpenCV (with GStreamer) and
-# NVIDIA's onnxruntime-gpu wheel must not be shadowed by PyPI builds, so they are required only elsewhere.
+# The runtime needs numpy, OpenCV and ONNX Runtime; calibration and the TensorRT check also need onnx. On aarch64
+# (Jetson) JetPack's own OpenCV (with GStreamer) and NVIDIA's onnxruntime-gpu wheel must not be shadowed by PyPI
+# builds, so they are required only elsewhere.
 BASE = [
     "numpy>=1.24",
     "opencv-python-headless>=4.8; platform_machine != 'aarch64'",
     "onnxruntime>=1.17; platform_machine != 'aarch64'",
+    "onnx>=1.15",  # provq-calibrate and provq-export check read and write ONNX graphs; the runtime does not
 ]
 
 EXTRAS = {

@@ -36,6 +36,7 @@ METHODS = {
     "percentile": (CalibrationMethod.Percentile, {"num_bins": 2048, "percentile": 99.999}),
 }
 QUANTIZED_OPS = ["Conv"]
+CHUNK = 8  # frames per calibration pass: ranges and histograms merge across passes, memory stays bounded
 
 
 class _Reader(CalibrationDataReader):
@@ -70,7 +71,8 @@ def quantize_graph(
             providers=["CPUExecutionProvider"],
             extra_options={"symmetric": True, **options},
         )
-        calibrator.collect_data(_Reader(input_name, inputs))
+        for start in range(0, len(inputs), CHUNK):  # the calibrators hold every activation of a chunk in memory
+            calibrator.collect_data(_Reader(input_name, inputs[start : start + CHUNK]))
         ranges = Path(tmp) / "ranges.json"
         save_tensors_data(calibrator.compute_data(), ranges)
         del calibrator
