@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from provq.train.int8_sim import half_code_spacing, simulated_int8
 from provq.train.model import Tokenizer
 from provq.train.presets import PRESETS, ModelConfig
-from provq.train.quantizer import VectorQuantizer, blend_straight_through
+from provq.train.quantizer import VectorQuantizer, blend_straight_through, code_depth, margin_loss
 
 
 def _trained_like(k: int, d: int, seed: int = 0) -> VectorQuantizer:
@@ -137,3 +138,39 @@ def test_tiny_preset_is_about_two_million_parameters() -> None:
 def test_decoder_has_no_transposed_convolution() -> None:
     model = Tokenizer(PRESETS["tiny"])
     assert not any(isinstance(m, torch.nn.ConvTranspose2d) for m in model.modules())
+
+
+def test_code_depth_is_one_at_the_code_and_guarantees_the_id_within_its_margin() -> None:
+    torch.manual_seed(0)
+    codebook = torch.randn(64, 4)
+    ids = torch.arange(64)
+    assert torch.allclose(code_depth(codebook, codebook, ids), torch.ones(64))
+    half = half_code_spacing(codebook)
+    z = codebook + 0.3 * half[:, None] * torch.nn.functional.normalize(torch.randn(64, 4), dim=1)
+    depth = code_depth(z, codebook, ids)
+    assert torch.allclose(depth, torch.full((64,), 0.7), atol=1e-5)
+    # any perturbation shorter than depth * h keeps the nearest code
+    quantizer = VectorQuantizer(codebook_size=64, dim=4)
+    quantizer.codebook.data.copy_(codebook)
+    kick = 0.99 * (depth * half)[:, None] * torch.nn.functional.normalize(torch.randn(64, 4), dim=1)
+    assert torch.equal(quantizer.nearest(z + kick).long(), ids)
+
+
+def test_margin_loss_moves_latents_not_codes() -> None:
+    codebook = torch.nn.Parameter(torch.tensor([[0.0, 0.0], [1.0, 0.0]]))
+    z = torch.tensor([[0.45, 0.0]], requires_grad=True)
+    loss = margin_loss(z, codebook, torch.tensor([0]), target=0.5)
+    loss.backward()
+    assert loss.item() > 0 and z.grad[0, 0] > 0 and codebook.grad is None  # pushed back towards code 0
+
+
+def test_simulated_int8_rounds_inputs_and_weights_then_restores_the_module() -> None:
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+    x = torch.randn(2, 3, 16, 16)
+    exact = conv(x)
+    with simulated_int8([conv]):
+        rounded = conv(x)
+    error = (rounded - exact).abs().max().item()
+    assert 0 < error < 0.05 * exact.abs().max().item()
+    assert torch.equal(conv(x), exact) and "forward" not in vars(conv)

@@ -41,7 +41,7 @@ def sample_dir() -> Path:
 def to_rgb_uint8(frame: np.ndarray) -> np.ndarray:
     """Any OpenCV-decoded frame (gray, BGR, BGRA; 8 or 16 bit) -> H x W x 3 RGB uint8."""
     if frame.dtype == np.uint16:
-        frame = (frame // 257).astype(np.uint8)
+        frame = ((frame.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)  # nearest level, as the runtime
     elif frame.dtype != np.uint8:
         raise ValueError(f"unsupported pixel type {frame.dtype}")
     if frame.ndim == 2:
