@@ -1,6 +1,13 @@
 """provq.edge_runtime: the torch-free side of provq that runs on Jetson-class devices.
 
-It must import with numpy, OpenCV and ONNX Runtime (or TensorRT) alone, never torch. For now it carries the
-shipped sample data (``assets/sample``: real photos and a short real clip, see ``ATTRIBUTION.md``); the streaming
-runtime (sources, preprocessing, backends, token streams) is built on top of it.
+It imports with numpy, OpenCV and ONNX Runtime (or TensorRT) alone, never torch.
+
+    sources, source_uri   frames from files, folders, globs, V4L2, RTSP, CSI, GStreamer, sample://
+    preprocess            frames -> model input and back (the one preprocessing, shared with calibration)
+    manifest              the model directory and its manifest.json; assets/model: the shipped default model
+    backends              ONNX Runtime and TensorRT behind encode/decode; trt_runner, cuda_shim, engine_meta
+    tokenstream, bitpack  the .ptok token stream (docs/PTOK.md)
+    pipeline, outputs     the threaded capture -> inference -> writing pipeline; run_cli / decode_cli: the commands
+    bench, bench_report   provq-bench; quality: PSNR and SSIM
+    assets/sample         real photos and a short real clip (see ATTRIBUTION.md)
 """
