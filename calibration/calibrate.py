@@ -77,7 +77,7 @@ def _cache_key(manifest: mf.Manifest, fingerprint: str, cfg: CalibrationConfig) 
     model = [manifest.data["sha256"][manifest.path("fp32", part).name] for part in mf.PARTS]
     settings = {"model": model, "data": fingerprint, "method": cfg.method, "frames": cfg.frames,
                 "engine": cfg.engine, "size": list(cfg.size), "evaluation_frames": cfg.evaluation_frames,
-                "keep_fp32": cfg.keep_fp32, "format": 1}  # fmt: skip
+                "keep_fp32": cfg.keep_fp32, "format": 2}  # fmt: skip
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -90,21 +90,30 @@ def _quantize(engine: str, *args: Any, **kwargs: Any) -> None:
         quantize_graph(*args, **kwargs)
 
 
+def _cpu_arg(cpu: dict[str, Path], part: str) -> dict[str, Path]:
+    return {"cpu_path": cpu[part]} if cpu else {}
+
+
 def _run(manifest: mf.Manifest, sets: frame_selection.FrameSets, cfg: CalibrationConfig, out: Path) -> dict:
     started = time.perf_counter()
     enc32, dec32 = manifest.path("fp32", "encoder"), manifest.path("fp32", "decoder")
     enc_in, _ = manifest.tensor_names("encoder")
     dec_in, _ = manifest.tensor_names("decoder")
     enc8, dec8 = out / "encoder.int8.onnx", out / "decoder.int8.onnx"
+    cpu = {part: out / f"{part}.{mf.CPU_INT8}.onnx" for part in mf.PARTS} if cfg.engine == "ort" else {}
     log.info("calibrating the encoder on %d frames (%s)", len(sets.calibration), cfg.method)
     _quantize(cfg.engine, enc32, enc8, enc_in, sets.calibration, method=cfg.method,
-              keep_fp32=list(cfg.keep_fp32["encoder"]))  # fmt: skip
+              keep_fp32=list(cfg.keep_fp32["encoder"]), **_cpu_arg(cpu, "encoder"))  # fmt: skip
     encoder = session(enc32)
     ids = [encoder.run(None, {enc_in: x})[0] for x in sets.calibration]
     log.info("calibrating the decoder on the FP32 ids of the same frames")
-    _quantize(cfg.engine, dec32, dec8, dec_in, ids, method=cfg.method, keep_fp32=list(cfg.keep_fp32["decoder"]))
+    _quantize(cfg.engine, dec32, dec8, dec_in, ids, method=cfg.method,
+              keep_fp32=list(cfg.keep_fp32["decoder"]), **_cpu_arg(cpu, "decoder"))  # fmt: skip
     log.info("measuring INT8 against FP32 on %d held-out frames", len(sets.evaluation))
     figures = compare((enc32, dec32), (enc8, dec8), sets.evaluation, (enc_in, dec_in))
+    cpu_figures = (
+        compare((enc32, dec32), (cpu["encoder"], cpu["decoder"]), sets.evaluation, (enc_in, dec_in)) if cpu else None
+    )
     kept = [{"node": "/quantizer/*", "precision": "fp32", "why": ALWAYS_FP32}]
     for part, nodes in cfg.keep_fp32.items():
         kept += [{"part": part, "node": name, "precision": "fp32", "why": why} for name, why in nodes.items()]
@@ -121,6 +130,7 @@ def _run(manifest: mf.Manifest, sets: frame_selection.FrameSets, cfg: Calibratio
         "quantized": "Conv inputs: per-tensor symmetric int8; Conv weights: per-channel symmetric int8",
         "kept_higher_precision": kept,
         "int8": figures,
+        "int8_cpu": cpu_figures,
         "seconds": round(time.perf_counter() - started, 1),
     }
 
@@ -128,13 +138,18 @@ def _run(manifest: mf.Manifest, sets: frame_selection.FrameSets, cfg: Calibratio
 def _install(manifest: mf.Manifest, entry: Path, report: dict) -> None:
     """Copy the cached files into the model directory (atomic per file) and update the manifest last."""
     directory = manifest.directory
-    for name in ("encoder.int8.onnx", "decoder.int8.onnx", REPORT):
+    sets = {"int8": {part: f"{part}.int8.onnx" for part in mf.PARTS}}
+    if (entry / f"encoder.{mf.CPU_INT8}.onnx").is_file():
+        sets[mf.CPU_INT8] = {part: f"{part}.{mf.CPU_INT8}.onnx" for part in mf.PARTS}
+    for name in [*(n for files in sets.values() for n in files.values()), REPORT]:
         tmp = directory / f".{name}.{os.getpid()}.tmp"
         shutil.copyfile(entry / name, tmp)
         os.replace(tmp, directory / name)
     data = dict(manifest.data)
-    data["files"] = {**data["files"], "int8": {"encoder": "encoder.int8.onnx", "decoder": "decoder.int8.onnx"}}
-    data["sha256"] = {**data["sha256"], **{n: mf.sha256_file(directory / n) for n in data["files"]["int8"].values()}}
+    files = {k: v for k, v in data["files"].items() if k != mf.CPU_INT8}  # a modelopt run has no CPU files
+    data["files"] = {**files, **sets}
+    written = [n for files in sets.values() for n in files.values()]
+    data["sha256"] = {**data["sha256"], **{n: mf.sha256_file(directory / n) for n in written}}
     data["int8"] = {key: report[key] for key in ("method", "engine", "frames", "data", "data_fingerprint", "size")} | {
         "token_agreement": report["int8"]["token_agreement"],
         "psnr_drop_db": report["int8"]["psnr_drop_db"],

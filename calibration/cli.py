@@ -76,7 +76,14 @@ def main(argv: list[str] | None = None) -> int:
         f"INT8 on {r['frames']} held-out frames: token agreement {r['token_agreement']:.2%}, "
         f"PSNR {r['psnr_db']:.2f} dB (FP32 {r['fp32_psnr_db']:.2f} dB, drop {r['psnr_drop_db']:.3f} dB)"
     )
-    print(f"wrote {Path(args.model_dir) / 'encoder.int8.onnx'}, decoder.int8.onnx and calibration.json")
+    if report.get("int8_cpu"):
+        c = report["int8_cpu"]
+        print(
+            f"INT8 for ONNX Runtime on CPUs (int8-cpu files): token agreement {c['token_agreement']:.2%}, "
+            f"PSNR {c['psnr_db']:.2f} dB (drop {c['psnr_drop_db']:.3f} dB)"
+        )
+    print(f"wrote {Path(args.model_dir) / 'encoder.int8.onnx'}, decoder.int8.onnx (Q/DQ, TensorRT), the int8-cpu "
+          "files (ONNX Runtime CPU) and calibration.json")  # fmt: skip
     print(f"next: provq-export check {args.model_dir}   then on the device: provq-export engine {args.model_dir} "
           "--precision int8")  # fmt: skip
     return 0

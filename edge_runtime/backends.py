@@ -7,8 +7,10 @@
 
 ``auto`` picks native TensorRT when ``tensorrt`` imports and MODEL_DIR/engines holds engines for the precision,
 then ONNX Runtime on the GPU (TensorRT or CUDA execution provider) when that build is installed, then ONNX Runtime
-on the CPU, and ``describe()`` says which. Precisions: fp32 and int8 run everywhere (int8 from the Q/DQ files of
-provq-calibrate); fp16 runs through TensorRT only (an engine built with ``--precision fp16``).
+on the CPU, and ``describe()`` says which. Precisions: fp32 and int8 run everywhere; fp16 runs through TensorRT only
+(an engine built with ``--precision fp16``). int8 uses provq-calibrate's Q/DQ files, except on ONNX Runtime's CPU
+provider, where the ``int8-cpu`` files of the same calibration (ONNX Runtime's operator format, integer kernels) run
+when the model directory has them.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Protocol
 import numpy as np
 
 from .errors import EdgeError
-from .manifest import PRECISIONS, Manifest, load_manifest
+from .manifest import CPU_INT8, PRECISIONS, Manifest, load_manifest
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +72,11 @@ class OnnxRuntimeBackend:
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
+        cpu_only = self.providers == ["CPUExecutionProvider"]
+        self.file_set = CPU_INT8 if precision == "int8" and cpu_only and manifest.has(CPU_INT8) else precision
         self._sessions = {}
         for part in ("encoder", "decoder"):
-            path = manifest.path(precision, part)
+            path = manifest.path(self.file_set, part)
             manifest.verify(path)
             try:
                 self._sessions[part] = ort.InferenceSession(str(path), options, providers=self.providers)
@@ -93,7 +97,8 @@ class OnnxRuntimeBackend:
         return self._run("decoder", ids)
 
     def describe(self) -> str:
-        return f"{self.name} {self.precision} ({', '.join(self.providers)})"
+        files = ", QOperator int8-cpu files" if self.file_set == CPU_INT8 else ""
+        return f"{self.name} {self.precision} ({', '.join(self.providers)}{files})"
 
     def close(self) -> None:
         self._sessions.clear()

@@ -5,7 +5,8 @@ A model directory (written by ``provq-export``, extended by ``provq-calibrate``)
     manifest.json            this file
     encoder.onnx             images N x 3 x H x W float32 RGB [-1, 1] -> ids N x H/ds x W/ds int32
     decoder.onnx             ids N x h x w int32 -> images N x 3 x h*ds x w*ds float32 RGB [-1, 1]
-    encoder.int8.onnx, decoder.int8.onnx, calibration.json   after provq-calibrate
+    encoder.int8.onnx, decoder.int8.onnx, calibration.json   after provq-calibrate (explicit Q/DQ, for TensorRT)
+    encoder.int8-cpu.onnx, decoder.int8-cpu.onnx             after provq-calibrate (QOperator, ONNX Runtime CPU)
     engines/                 TensorRT engines built on the device, each with a .engine.json sidecar
 
 Manifest fields::
@@ -14,7 +15,8 @@ Manifest fields::
     codebook_sha256 (sha256 of the K x D float32 little-endian codebook: the token streams' fingerprint),
     input {name, layout "NCHW", channels "RGB", dtype "float32", range [-1, 1]},
     tensors {encoder: {input, output}, decoder: {input, output}}, opset,
-    files {precision: {"encoder": file, "decoder": file}}, sha256 {file: hex},
+    files {precision: {"encoder": file, "decoder": file}} (precisions fp32, fp16, int8, and "int8-cpu": the int8
+    calibration in ONNX Runtime's operator format for CPUs), sha256 {file: hex},
     exported_with {package: version}, source {checkpoint, checkpoint_sha256, step}, parity {...},
     int8 {method, frames, data_fingerprint, engine, ...} once calibrated
 
@@ -39,6 +41,11 @@ VERSION = 1
 NAME = "manifest.json"
 PARTS = ("encoder", "decoder")
 PRECISIONS = ("fp32", "fp16", "int8")
+# INT8 in ONNX Runtime's operator format (QLinearConv and friends, uint8 activations): the same calibration as the
+# Q/DQ int8 files, for ONNX Runtime on CPUs, where the Q/DQ graphs do not fuse and run slower than FP32.
+# TensorRT cannot build these; it uses "int8".
+CPU_INT8 = "int8-cpu"
+FILE_SETS = (*PRECISIONS, CPU_INT8)
 
 
 def default_model_dir() -> Path:
@@ -115,7 +122,11 @@ class Manifest:
     @property
     def precisions(self) -> list[str]:
         """Precisions with ONNX files in this directory (fp32 always; int8 after calibration)."""
-        return list(self.data["files"])
+        return [p for p in self.data["files"] if p in PRECISIONS]
+
+    def has(self, file_set: str) -> bool:
+        """Whether the manifest lists this file set (a precision, or CPU_INT8)."""
+        return file_set in self.data["files"]
 
     def tensor_names(self, part: str) -> tuple[str, str]:
         """(input name, output name) of the encoder or decoder graph."""
@@ -173,7 +184,7 @@ def load_manifest(model: str | Path) -> Manifest:
     if data["downsample"] < 1 or data["codebook_size"] < 2 or data["code_dim"] < 1:
         raise EdgeError(f"{path}: downsample, codebook_size or code_dim out of range; re-run provq-export")
     for precision, parts in data["files"].items():
-        if precision not in PRECISIONS or not isinstance(parts, dict) or set(parts) != set(PARTS):
+        if precision not in FILE_SETS or not isinstance(parts, dict) or set(parts) != set(PARTS):
             raise EdgeError(f"{path}: files[{precision!r}] must name an encoder and a decoder; re-run provq-export")
         for name in parts.values():
             _plain_name(name, str(path))

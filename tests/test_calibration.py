@@ -132,3 +132,21 @@ def test_selected_frames_are_spread_over_the_clip() -> None:
     assert again.fingerprint == sets.fingerprint  # deterministic: the cache key is stable
     with pytest.raises(EdgeError):
         select_frames(["sample://"], 80, downsample=8, size=(64, 64))
+
+
+def test_cpu_files_use_integer_operators_and_the_cpu_backend_picks_them(
+    calibrated: tuple[Path, subprocess.CompletedProcess],
+) -> None:
+    from provq.edge_runtime.backends import open_backend
+
+    model, _ = calibrated
+    manifest = load_manifest(model)
+    assert manifest.has("int8-cpu") and "int8-cpu" not in manifest.precisions  # not a TensorRT precision
+    ops = {n.op_type for n in onnx.load(str(manifest.path("int8-cpu", "encoder"))).graph.node}
+    assert "QLinearConv" in ops and "ArgMin" in ops  # integer kernels; the search untouched
+    report = json.loads((model / "calibration.json").read_text())
+    assert 0.5 < report["int8_cpu"]["token_agreement"] <= 1.0 and abs(report["int8_cpu"]["psnr_drop_db"]) < 1.0
+    backend = open_backend(model, "onnxruntime", "int8")
+    assert backend.file_set == "int8-cpu" and "QOperator" in backend.describe()
+    x = np.zeros((1, 3, 64, 64), np.float32)
+    assert backend.decode(backend.encode(x)).shape == (1, 3, 64, 64)
