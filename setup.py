@@ -34,7 +34,15 @@ EXTRAS = {
     # The training study's peers (vector-quantize-pytorch's VectorQuantize and FSQ) and its plot.
     "study": ["vector-quantize-pytorch>=1.20", "matplotlib>=3.7"],
     # Tests and lint. scikit-image and scikit-learn provide real photos the shipped model has never seen.
-    "dev": ["pytest>=7.4", "ruff>=0.5", "hypothesis>=6.90", "scikit-image>=0.21", "scikit-learn>=1.3"],
+    # zstandard lets the token-stream tests cover the zstd codec too.
+    "dev": [
+        "pytest>=7.4",
+        "ruff>=0.5",
+        "hypothesis>=6.90",
+        "scikit-image>=0.21",
+        "scikit-learn>=1.3",
+        "zstandard>=0.21",
+    ],
 }
 
 setup(
