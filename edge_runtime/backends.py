@@ -47,15 +47,37 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
+def _part_precisions(precision: str, encoder_precision: str | None) -> dict[str, str]:
+    """{part: precision}: the decoder runs ``precision``, the encoder ``encoder_precision`` if given."""
+    parts = {"encoder": encoder_precision or precision, "decoder": precision}
+    for value in parts.values():
+        if value not in PRECISIONS:
+            raise EdgeError(f"unknown precision {value!r}: use one of {', '.join(PRECISIONS)}")
+    return parts
+
+
+def _describe_precisions(parts: dict[str, str]) -> str:
+    if parts["encoder"] == parts["decoder"]:
+        return parts["decoder"]
+    return f"encoder {parts['encoder']} + decoder {parts['decoder']}"
+
+
 class OnnxRuntimeBackend:
-    """Encoder and decoder sessions of one precision in ONNX Runtime."""
+    """Encoder and decoder sessions in ONNX Runtime (by default both at one precision)."""
 
     def __init__(
-        self, manifest: Manifest, precision: str, *, providers: list[str] | None = None, threads: int | None = None
+        self,
+        manifest: Manifest,
+        precision: str,
+        *,
+        encoder_precision: str | None = None,
+        providers: list[str] | None = None,
+        threads: int | None = None,
     ) -> None:
         import onnxruntime as ort
 
-        if precision == "fp16":
+        self.parts = _part_precisions(precision, encoder_precision)
+        if "fp16" in self.parts.values():
             raise EdgeError(
                 "fp16 runs through TensorRT only: build an engine with `provq-export engine MODEL_DIR --precision "
                 "fp16`, or use --precision fp32|int8 with ONNX Runtime"
@@ -73,10 +95,13 @@ class OnnxRuntimeBackend:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
         cpu_only = self.providers == ["CPUExecutionProvider"]
-        self.file_set = CPU_INT8 if precision == "int8" and cpu_only and manifest.has(CPU_INT8) else precision
+        self.file_sets = {
+            part: CPU_INT8 if value == "int8" and cpu_only and manifest.has(CPU_INT8) else value
+            for part, value in self.parts.items()
+        }
         self._sessions = {}
         for part in ("encoder", "decoder"):
-            path = manifest.path(self.file_set, part)
+            path = manifest.path(self.file_sets[part], part)
             manifest.verify(path)
             try:
                 self._sessions[part] = ort.InferenceSession(str(path), options, providers=self.providers)
@@ -97,8 +122,8 @@ class OnnxRuntimeBackend:
         return self._run("decoder", ids)
 
     def describe(self) -> str:
-        files = ", QOperator int8-cpu files" if self.file_set == CPU_INT8 else ""
-        return f"{self.name} {self.precision} ({', '.join(self.providers)}{files})"
+        files = ", QOperator int8-cpu files" if CPU_INT8 in self.file_sets.values() else ""
+        return f"{self.name} {_describe_precisions(self.parts)} ({', '.join(self.providers)}{files})"
 
     def close(self) -> None:
         self._sessions.clear()
@@ -107,23 +132,26 @@ class OnnxRuntimeBackend:
 class TensorRTBackend:
     """Native TensorRT: one engine per part from MODEL_DIR/engines, checked against this device before use."""
 
-    def __init__(self, manifest: Manifest, precision: str, *, engines: Path | None = None) -> None:
+    def __init__(
+        self, manifest: Manifest, precision: str, *, encoder_precision: str | None = None, engines: Path | None = None
+    ) -> None:
         from .engine_meta import import_tensorrt
         from .trt_runner import TensorRTRunner
 
         import_tensorrt(" (or use --backend onnxruntime)")  # say so before looking for engines it could not run
         self.manifest = manifest
         self.precision = precision
+        self.parts = _part_precisions(precision, encoder_precision)
         self.name = "tensorrt"
         folder = engines or manifest.directory / "engines"
         self._runners = {}
         try:
-            for part in ("encoder", "decoder"):
-                found = sorted(folder.glob(f"*.{part}.{precision}.*.engine"))
+            for part, value in self.parts.items():
+                found = sorted(folder.glob(f"*.{part}.{value}.*.engine"))
                 if not found:
                     raise EdgeError(
-                        f"no {precision} {part} engine in {folder}: build one on this device with "
-                        f"`provq-export engine {manifest.directory} --precision {precision}`"
+                        f"no {value} {part} engine in {folder}: build one on this device with "
+                        f"`provq-export engine {manifest.directory} --part {part} --precision {value}`"
                     )
                 self._runners[part] = TensorRTRunner(found[-1], manifest)
         except BaseException:
@@ -137,7 +165,8 @@ class TensorRTBackend:
         return self._runners["decoder"].run(ids)
 
     def describe(self) -> str:
-        return f"tensorrt {self.precision} ({', '.join(r.engine_path.name for r in self._runners.values())})"
+        engines = ", ".join(r.engine_path.name for r in self._runners.values())
+        return f"tensorrt {_describe_precisions(self.parts)} ({engines})"
 
     def close(self) -> None:
         for runner in self._runners.values():
@@ -154,17 +183,25 @@ def _tensorrt_ready(manifest: Manifest, precision: str) -> bool:
 
 
 def open_backend(
-    model: str | Path = "default", backend: str = "auto", precision: str = "fp32", *, threads: int | None = None
+    model: str | Path = "default",
+    backend: str = "auto",
+    precision: str = "fp32",
+    *,
+    encoder_precision: str | None = None,
+    threads: int | None = None,
 ) -> Backend:
-    """Load a model directory (``default``: the shipped model) on the chosen backend; logs which one runs."""
+    """Load a model directory (``default``: the shipped model) on the chosen backend; logs which one runs.
+
+    ``encoder_precision`` runs the encoder at another precision than ``precision`` (the decoder's), e.g. an FP32 or
+    FP16 encoder that keeps FP32's token ids with an INT8 decoder.
+    """
     if backend not in BACKENDS:
         raise EdgeError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
-    if precision not in PRECISIONS:
-        raise EdgeError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    _part_precisions(precision, encoder_precision)
     manifest = load_manifest(model)
-    if backend == "tensorrt" or (backend == "auto" and _tensorrt_ready(manifest, precision)):
-        chosen: Backend = TensorRTBackend(manifest, precision)
+    if backend == "tensorrt" or (backend == "auto" and _tensorrt_ready(manifest, encoder_precision or precision)):
+        chosen: Backend = TensorRTBackend(manifest, precision, encoder_precision=encoder_precision)
     else:
-        chosen = OnnxRuntimeBackend(manifest, precision, threads=threads)
+        chosen = OnnxRuntimeBackend(manifest, precision, encoder_precision=encoder_precision, threads=threads)
     log.info("backend: %s", chosen.describe())
     return chosen

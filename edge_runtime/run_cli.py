@@ -74,6 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--backend", default="auto", choices=("auto", "tensorrt", "onnxruntime"), help="default: %(default)s"
     )
     p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "int8"), help="default: %(default)s")
+    p.add_argument(
+        "--encoder-precision",
+        default=None,
+        choices=("fp32", "fp16", "int8"),
+        help="run the encoder at another precision than --precision, e.g. fp32 (ONNX Runtime) or fp16 (TensorRT) "
+        "with --precision int8: FP32's token ids with an INT8 decoder (default: --precision)",
+    )
     p.add_argument("--tokens", type=Path, default=None, metavar="FILE.ptok", help="write the token stream here")
     p.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the run's figures here")
     p.add_argument("--headless", action="store_true", help="no window: ignore a display:// OUTPUT")
@@ -154,7 +161,13 @@ def _run(args: argparse.Namespace) -> int:
         if args.output is not None and not (args.headless and args.output.lower().startswith("display://")):
             output = open_output(args.output, fps=source.fps)
             stack.callback(output.close, ok=False)  # abandons a partial video if we never get to run
-        backend = open_backend(manifest.directory, args.backend, args.precision, threads=args.threads)
+        backend = open_backend(
+            manifest.directory,
+            args.backend,
+            args.precision,
+            encoder_precision=args.encoder_precision,
+            threads=args.threads,
+        )
         stack.callback(backend.close)
         print(f"{PROG}: {source.describe()} | {backend.describe()}", file=sys.stderr)
         config = PipelineConfig(
@@ -191,6 +204,7 @@ def _run(args: argparse.Namespace) -> int:
         summary.update(
             backend=backend.name,
             precision=backend.precision,
+            encoder_precision=backend.parts["encoder"],
             model=str(manifest.directory),
             preset=manifest.data.get("preset"),
             input=display(args.input, limit=1000),

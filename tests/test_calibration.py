@@ -147,7 +147,7 @@ def test_cpu_files_use_integer_operators_and_the_cpu_backend_picks_them(
     report = json.loads((model / "calibration.json").read_text())
     assert 0.5 < report["int8_cpu"]["token_agreement"] <= 1.0 and abs(report["int8_cpu"]["psnr_drop_db"]) < 1.0
     backend = open_backend(model, "onnxruntime", "int8")
-    assert backend.file_set == "int8-cpu" and "QOperator" in backend.describe()
+    assert backend.file_sets == {"encoder": "int8-cpu", "decoder": "int8-cpu"} and "QOperator" in backend.describe()
     x = np.zeros((1, 3, 64, 64), np.float32)
     assert backend.decode(backend.encode(x)).shape == (1, 3, 64, 64)
 
@@ -172,3 +172,19 @@ def test_shipped_int8_files_on_photos_of_another_source(unseen_photo_dir: Path, 
     figures = compare(fp32, int8, frames)
     assert figures["token_agreement"] > 0.8
     assert figures["psnr_drop_db"] < 0.3 and figures["fp32_psnr_db"] > 18
+
+
+def test_an_fp32_encoder_with_an_int8_decoder_keeps_the_fp32_ids(unseen_photo_dir: Path) -> None:
+    import cv2
+
+    from provq.edge_runtime.backends import open_backend
+    from provq.edge_runtime.preprocess import prepare
+
+    fp32 = open_backend("default", "onnxruntime", "fp32")
+    mixed = open_backend("default", "onnxruntime", "int8", encoder_precision="fp32")
+    assert mixed.file_sets == {"encoder": "fp32", "decoder": "int8-cpu"}
+    assert "encoder fp32 + decoder int8" in mixed.describe()
+    x = prepare(cv2.imread(str(sorted(unseen_photo_dir.glob("*.png"))[0])), 8)[0]
+    ids = mixed.encode(x)
+    assert np.array_equal(ids, fp32.encode(x))
+    assert mixed.decode(ids).shape == x.shape
