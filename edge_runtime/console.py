@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import logging
 import os
 import signal
 import sys
@@ -10,6 +12,8 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TextIO
+
+from .errors import EdgeError
 
 TTY_EVERY_S = 0.5  # a terminal's status line is rewritten at most this often
 LOG_EVERY_S = 5.0  # elsewhere (a log file, a pipe) one line this often
@@ -73,3 +77,22 @@ def stop_on_signals(stop: Callable[[], None]) -> Iterator[list[str]]:
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+def run_command(
+    prog: str, parser: argparse.ArgumentParser, body: Callable[[argparse.Namespace], int],
+    argv: list[str] | None, interrupted: str = "interrupted",
+) -> int:  # fmt: skip
+    """The shared frame of provq-run and provq-decode: quiet OpenCV, parse, run ``body``; a user error is one line
+    and exit 2, Ctrl-C exit 130 with ``interrupted``."""
+    quiet_opencv()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format=f"{prog}: %(message)s")
+    try:
+        return body(args)
+    except EdgeError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: {interrupted}", file=sys.stderr)
+        return 130

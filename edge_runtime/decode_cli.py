@@ -14,12 +14,11 @@ chunks and exits 0 with a note. User errors exit 2.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import time
 from pathlib import Path
 
-from .console import StatusLine, quiet_opencv, stop_on_signals
+from .console import StatusLine, run_command, stop_on_signals
 from .errors import EdgeError
 from .run_cli import positive_int
 
@@ -49,17 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    quiet_opencv()
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format=f"{PROG}: %(message)s")
-    try:
-        return _decode(args)
-    except EdgeError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+    return run_command(PROG, build_parser(), _decode, argv)
 
 
 def _decode(args: argparse.Namespace) -> int:

@@ -18,14 +18,13 @@ the token stream is flushed and closed, the output and --json are written; the e
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections import deque
 from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .console import StatusLine, quiet_opencv, stop_on_signals
+from .console import StatusLine, run_command, stop_on_signals
 from .errors import EdgeError
 
 if TYPE_CHECKING:
@@ -111,17 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    quiet_opencv()
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format=f"{PROG}: %(message)s")
-    try:
-        return _run(args)
-    except EdgeError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; the token chunks written so far are intact", file=sys.stderr)
-        return 130
+    return run_command(PROG, build_parser(), _run, argv, "interrupted; the token chunks written so far are intact")
 
 
 def _check_paths(args: argparse.Namespace) -> None:
