@@ -68,6 +68,7 @@ def _check_main(argv: list[str]) -> int:
     p.add_argument("model_dir", metavar="MODEL_DIR")
     args = p.parse_args(argv)
     from provq.edge_runtime.errors import EdgeError
+    from provq.edge_runtime.manifest import CPU_INT8, load_manifest
 
     from .trt_check import OLDEST_TENSORRT, check_model_dir
 
@@ -83,6 +84,8 @@ def _check_main(argv: list[str]) -> int:
         print(f"{errors} error(s): TensorRT would refuse these files", file=sys.stderr)
         return 1
     print(f"ok: {args.model_dir} passes the TensorRT {OLDEST_TENSORRT}+ parser and Q/DQ checks")
+    if load_manifest(args.model_dir).has(CPU_INT8):
+        print(f"note: the {CPU_INT8} files are ONNX Runtime's CPU format; TensorRT never uses them (not checked)")
     return 0
 
 
