@@ -15,12 +15,15 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import onnx
+
 from provq.edge_runtime import manifest as mf
 from provq.edge_runtime.errors import EdgeError
+from provq.export.fp16_graph import rounding_emulation
 
 from . import frames as frame_selection
 from .quantize import METHODS, quantize_graph
@@ -31,7 +34,8 @@ log = logging.getLogger("provq.calibrate")
 CACHE = "calibration-cache"
 REPORT = "calibration.json"
 ENGINES = ("ort", "modelopt")
-# Convs that stay FP32, and why (measured in docs/INT8.md): the nearest-code search needs its latents exact.
+# Convs that stay FP32, and why (measured in docs/INT8.md): the nearest-code search needs its latents exact, and the
+# decoder's last Conv (found in the graph, see default_keep_fp32) writes the image.
 DEFAULT_KEEP_FP32 = {
     "encoder": {
         "/quant_proj/Conv": "projects to the code space right before the nearest-code search; its rounding flips ids",
@@ -41,6 +45,10 @@ DEFAULT_KEEP_FP32 = {
         "cheap in FP32, so the codes enter the decoder exactly",
     },
 }
+LAST_CONV_WHY = (
+    "writes the output image: INT8 on its input cost 0.13 of the INT8 decoder's 0.23 dB on bikes.mp4 (docs/INT8.md); "
+    "32 -> 3 channels, cheap in FP32"
+)
 ALWAYS_FP32 = "nearest-code search and codebook lookup (/quantizer/*): never quantized, ids must not flip"
 
 
@@ -54,7 +62,17 @@ class CalibrationConfig:
     engine: str = "ort"  # ort (onnxruntime.quantization) or modelopt (nvidia-modelopt, optional)
     size: tuple[int, int] = (256, 256)  # frames are resized to cover W x H and centre-cropped
     evaluation_frames: int = 32  # held-out frames the report measures on
-    keep_fp32: dict[str, dict[str, str]] = field(default_factory=lambda: dict(DEFAULT_KEEP_FP32))
+    keep_fp32: dict[str, dict[str, str]] | None = None  # {part: {Conv name: why}}; None = default_keep_fp32()
+
+
+def default_keep_fp32(manifest: mf.Manifest) -> dict[str, dict[str, str]]:
+    """DEFAULT_KEEP_FP32 plus the decoder's last Conv, named as in this model's decoder graph."""
+    graph = onnx.load(str(manifest.path("fp32", "decoder")), load_external_data=False).graph
+    convs = [node.name for node in graph.node if node.op_type == "Conv"]
+    keep = {part: dict(nodes) for part, nodes in DEFAULT_KEEP_FP32.items()}
+    if convs:
+        keep["decoder"][convs[-1]] = LAST_CONV_WHY
+    return keep
 
 
 def _check(cfg: CalibrationConfig) -> None:
@@ -77,7 +95,7 @@ def _cache_key(manifest: mf.Manifest, fingerprint: str, cfg: CalibrationConfig) 
     model = [manifest.data["sha256"][manifest.path("fp32", part).name] for part in mf.PARTS]
     settings = {"model": model, "data": fingerprint, "method": cfg.method, "frames": cfg.frames,
                 "engine": cfg.engine, "size": list(cfg.size), "evaluation_frames": cfg.evaluation_frames,
-                "keep_fp32": cfg.keep_fp32, "format": 2}  # fmt: skip
+                "keep_fp32": cfg.keep_fp32, "format": 3}  # fmt: skip
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -114,6 +132,12 @@ def _run(manifest: mf.Manifest, sets: frame_selection.FrameSets, cfg: Calibratio
     cpu_figures = (
         compare((enc32, dec32), (cpu["encoder"], cpu["decoder"]), sets.evaluation, (enc_in, dec_in)) if cpu else None
     )
+    split = None
+    if manifest.has("fp16"):  # the split that keeps the ids: FP16 encoder (its rounding emulated) + INT8 decoder
+        log.info("measuring an FP16 encoder with the INT8 decoder on the same frames")
+        enc16 = manifest.path("fp16", "encoder")
+        manifest.verify(enc16)
+        split = compare((enc32, dec32), (rounding_emulation(enc16), dec8), sets.evaluation, (enc_in, dec_in))
     kept = [{"node": "/quantizer/*", "precision": "fp32", "why": ALWAYS_FP32}]
     for part, nodes in cfg.keep_fp32.items():
         kept += [{"part": part, "node": name, "precision": "fp32", "why": why} for name, why in nodes.items()]
@@ -131,6 +155,7 @@ def _run(manifest: mf.Manifest, sets: frame_selection.FrameSets, cfg: Calibratio
         "kept_higher_precision": kept,
         "int8": figures,
         "int8_cpu": cpu_figures,
+        "fp16_encoder_int8_decoder": split,
         "seconds": round(time.perf_counter() - started, 1),
     }
 
@@ -154,6 +179,9 @@ def _install(manifest: mf.Manifest, entry: Path, report: dict) -> None:
         "token_agreement": report["int8"]["token_agreement"],
         "psnr_drop_db": report["int8"]["psnr_drop_db"],
     }
+    if report.get("fp16_encoder_int8_decoder"):
+        split = report["fp16_encoder_int8_decoder"]
+        data["int8"]["fp16_encoder"] = {key: split[key] for key in ("token_agreement", "psnr_drop_db")}
     mf.write_json_atomic(directory / mf.NAME, data)
 
 
@@ -163,6 +191,8 @@ def calibrate(model_dir: str | Path, cfg: CalibrationConfig, *, recalibrate: boo
     manifest = mf.load_manifest(model_dir)
     for part in mf.PARTS:
         manifest.verify(manifest.path("fp32", part))
+    if cfg.keep_fp32 is None:
+        cfg = replace(cfg, keep_fp32=default_keep_fp32(manifest))
     sets = frame_selection.select_frames(
         cfg.data, cfg.frames, downsample=manifest.downsample, size=cfg.size, evaluation=cfg.evaluation_frames
     )

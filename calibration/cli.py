@@ -82,6 +82,13 @@ def main(argv: list[str] | None = None) -> int:
             f"INT8 for ONNX Runtime on CPUs (int8-cpu files): token agreement {c['token_agreement']:.2%}, "
             f"PSNR {c['psnr_db']:.2f} dB (drop {c['psnr_drop_db']:.3f} dB)"
         )
+    if report.get("fp16_encoder_int8_decoder"):
+        f = report["fp16_encoder_int8_decoder"]
+        print(
+            f"FP16 encoder (rounding emulated) + INT8 decoder: token agreement {f['token_agreement']:.2%}, "
+            f"PSNR {f['psnr_db']:.2f} dB (drop {f['psnr_drop_db']:.3f} dB): run with --precision int8 "
+            "--encoder-precision fp16 to keep FP32's ids"
+        )
     print(f"wrote {Path(args.model_dir) / 'encoder.int8.onnx'}, decoder.int8.onnx (Q/DQ, TensorRT), the int8-cpu "
           "files (ONNX Runtime CPU) and calibration.json")  # fmt: skip
     print(f"next: provq-export check {args.model_dir}   then on the device: provq-export engine {args.model_dir} "

@@ -15,14 +15,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
+Model = Path | onnx.ModelProto  # a file, or an in-memory graph such as export.fp16_graph.rounding_emulation's
 
-def session(path: Path) -> ort.InferenceSession:
-    """A CPU ONNX Runtime session with warnings silenced."""
+
+def session(model: Model) -> ort.InferenceSession:
+    """A CPU ONNX Runtime session with warnings silenced; an in-memory graph (a rounding emulation) runs with graph
+    optimizations off, so that none of its Cast pairs is folded away."""
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    if isinstance(model, onnx.ModelProto):
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -32,8 +39,8 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def compare(
-    fp32: tuple[Path, Path],
-    int8: tuple[Path, Path],
+    fp32: tuple[Model, Model],
+    int8: tuple[Model, Model],
     frames: list[np.ndarray],
     names: tuple[str, str] = ("images", "ids"),
 ) -> dict[str, float]:

@@ -7,10 +7,11 @@
 
 ``auto`` picks native TensorRT when ``tensorrt`` imports and MODEL_DIR/engines holds engines for the precision,
 then ONNX Runtime on the GPU (TensorRT or CUDA execution provider) when that build is installed, then ONNX Runtime
-on the CPU, and ``describe()`` says which. Precisions: fp32 and int8 run everywhere; fp16 runs through TensorRT only
-(an engine built with ``--precision fp16``). int8 uses provq-calibrate's Q/DQ files, except on ONNX Runtime's CPU
-provider, where the ``int8-cpu`` files of the same calibration (ONNX Runtime's operator format, integer kernels) run
-when the model directory has them.
+on the CPU, and ``describe()`` says which. Precisions: fp32 and int8 run everywhere; fp16 runs through TensorRT and
+through ONNX Runtime when the model directory has FP16 files (provq-export writes them; ONNX Runtime's CPU provider
+runs them in FP32 arithmetic on FP16-rounded weights, slower than FP32: useful to check ids, not for speed). int8
+uses provq-calibrate's Q/DQ files, except on ONNX Runtime's CPU provider, where the ``int8-cpu`` files of the same
+calibration (ONNX Runtime's operator format, integer kernels) run when the model directory has them.
 """
 
 from __future__ import annotations
@@ -77,10 +78,10 @@ class OnnxRuntimeBackend:
         import onnxruntime as ort
 
         self.parts = _part_precisions(precision, encoder_precision)
-        if "fp16" in self.parts.values():
+        if "fp16" in self.parts.values() and not manifest.has("fp16"):
             raise EdgeError(
-                "fp16 runs through TensorRT only: build an engine with `provq-export engine MODEL_DIR --precision "
-                "fp16`, or use --precision fp32|int8 with ONNX Runtime"
+                f"{manifest.directory} has no FP16 files (exported before provq-export wrote them): export it again, "
+                "or build a TensorRT engine with `provq-export engine MODEL_DIR --precision fp16`"
             )
         self.manifest = manifest
         self.precision = precision

@@ -10,6 +10,8 @@ What one run does:
              just before the call (N is rounded down to a multiple of B).
     rows     one per backend x precision. A row that cannot run here says why in ``status``
              ("unavailable: tensorrt not installed"); a row that broke while running says "failed: ...".
+             Precisions: fp32, fp16, int8, and fp16-int8: the encoder in FP16 and the decoder in INT8, the split
+             that keeps FP32's token ids (docs/INT8.md).
     timing   ``time.perf_counter`` around each ``backend.encode`` and ``backend.decode`` call (model only: no
              decoding, preprocessing or conversion inside); W warm-up calls (encode + decode, not recorded) come
              first. Round trip = encode + decode of the same call. Latencies are per call (one batch), and their
@@ -93,6 +95,11 @@ FLOOR_METRICS = {
 }  # fmt: skip
 
 
+# Row precisions beyond the manifest's: "ENCODER-DECODER" splits, e.g. fp16-int8 (FP16 encoder, INT8 decoder).
+SPLITS = {"fp16-int8": ("fp16", "int8")}
+ROW_PRECISIONS = (*PRECISIONS, *SPLITS)
+
+
 @dataclass(frozen=True)
 class BenchConfig:
     """What to benchmark; ``check()`` raises a one-line EdgeError for values out of range."""
@@ -100,7 +107,7 @@ class BenchConfig:
     model: str = "default"  # MODEL_DIR written by provq-export, or the shipped model
     input: str = "sample://"  # any runtime input URI; a finite one (file, folder) gives repeatable figures
     backends: tuple[str, ...] = BACKENDS  # subset of BACKENDS, in table order
-    precisions: tuple[str, ...] = PRECISIONS  # subset of fp32, fp16, int8, in table order
+    precisions: tuple[str, ...] = ROW_PRECISIONS  # subset of ROW_PRECISIONS, in table order
     frames: int = 50  # timed frames (rounded down to a multiple of batch)
     warmup: int = 5  # untimed encode + decode calls before timing
     size: tuple[int, int] | None = None  # (width, height): cover + centre-crop every frame to it; None: as decoded
@@ -184,10 +191,10 @@ def parse_floor(text: str) -> Floor:
     if not scope:
         return Floor(metric, number)
     backend, slash, precision = scope.partition("/")
-    if not slash or backend not in BACKENDS or precision not in PRECISIONS:
+    if not slash or backend not in BACKENDS or precision not in ROW_PRECISIONS:
         raise EdgeError(
             f"--floor {text!r}: the row must be BACKEND/PRECISION with a backend of {', '.join(BACKENDS)} and a "
-            f"precision of {', '.join(PRECISIONS)}"
+            f"precision of {', '.join(ROW_PRECISIONS)}"
         )
     return Floor(metric, number, backend, precision)
 
@@ -333,7 +340,8 @@ def _open_pytorch(manifest: Manifest, precision: str, threads: int | None) -> _T
 
 
 def open_row_backend(manifest: Manifest, backend: str, precision: str, threads: int | None) -> Backend:
-    """The backend of one row, or Unavailable saying why it cannot run here."""
+    """The backend of one row (``precision`` from ROW_PRECISIONS), or Unavailable saying why it cannot run here."""
+    encoder, decoder = SPLITS.get(precision, (precision, precision))
     if backend == "pytorch":
         return _open_pytorch(manifest, precision, threads)
     if backend == "tensorrt":
@@ -342,14 +350,14 @@ def open_row_backend(manifest: Manifest, backend: str, precision: str, threads: 
         except EdgeError as err:
             raise Unavailable("tensorrt not installed" if str(err).startswith(TRT_MISSING) else str(err)) from None
         try:
-            return TensorRTBackend(manifest, precision)
+            return TensorRTBackend(manifest, decoder, encoder_precision=encoder)
         except EdgeError as err:
             raise Unavailable(str(err)) from None
-    if precision == "fp16":
-        raise Unavailable("fp16 runs through TensorRT only")
-    if precision not in manifest.precisions:
-        raise Unavailable(f"no {precision} files (run provq-calibrate)")
-    return OnnxRuntimeBackend(manifest, precision, threads=threads)
+    for part in dict.fromkeys((encoder, decoder)):
+        if part not in manifest.precisions:
+            fix = "export the model again" if part == "fp16" else "run provq-calibrate"
+            raise Unavailable(f"no {part} files ({fix})")
+    return OnnxRuntimeBackend(manifest, decoder, encoder_precision=encoder, threads=threads)
 
 
 def latency_stats(times_ms: Sequence[float], batch: int) -> dict[str, Any]:

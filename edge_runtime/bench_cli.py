@@ -23,10 +23,19 @@ from pathlib import Path
 
 import cv2
 
-from .bench import BACKENDS, BenchConfig, Floor, check_floors, parse_floor, parse_names, parse_size, run_benchmark
+from .bench import (
+    BACKENDS,
+    ROW_PRECISIONS,
+    BenchConfig,
+    Floor,
+    check_floors,
+    parse_floor,
+    parse_names,
+    parse_size,
+    run_benchmark,
+)
 from .bench_report import format_markdown, format_text, write_plot
 from .errors import EdgeError
-from .manifest import PRECISIONS
 
 PROG = "provq-bench"
 NO_MATPLOTLIB = "matplotlib is not installed: pip install 'provq[study]' (or matplotlib)"
@@ -80,7 +89,7 @@ def _check_outputs(paths: Sequence[Path | None]) -> None:
 def _config(args: argparse.Namespace) -> tuple[BenchConfig, list[Floor]]:
     """Validated config and floors, before any work; EdgeError on a bad value."""
     backends = parse_names(args.backends, BACKENDS, "backend")
-    precisions = parse_names(args.precisions, PRECISIONS, "precision")
+    precisions = parse_names(args.precisions, ROW_PRECISIONS, "precision")
     floors = [parse_floor(text) for text in args.floor]
     for floor in floors:
         if floor.backend is not None and (floor.backend not in backends or floor.precision not in precisions):

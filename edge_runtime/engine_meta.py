@@ -258,11 +258,10 @@ def onnx_source(manifest: Manifest, part: str, precision: str, trt_version: str)
     if precision == "fp16" and trt_major(trt_version) == 10:
         return str(files["fp32"][part]), True
     if precision == "fp16":
-        fp32 = manifest.directory / str(files["fp32"][part])
         raise EdgeError(
-            f"TensorRT {trt_short(trt_version)} has no FP16 builder flag: make an FP16 ONNX first (python -m "
-            f"modelopt.onnx.autocast --onnx_path {fp32} --low_precision_type fp16 --keep_io_types) and list it as "
-            f"files.fp16 in {manifest.directory / 'manifest.json'}, or build --precision int8 or fp32"
+            f"TensorRT {trt_short(trt_version)} has no FP16 builder flag and {manifest.directory} has no FP16 ONNX "
+            "files (exported before provq-export wrote them): export the model again, or build --precision int8 or "
+            "fp32"
         )
     raise EdgeError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
 

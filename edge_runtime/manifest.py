@@ -5,6 +5,7 @@ A model directory (written by ``provq-export``, extended by ``provq-calibrate``)
     manifest.json            this file
     encoder.onnx             images N x 3 x H x W float32 RGB [-1, 1] -> ids N x H/ds x W/ds int32
     decoder.onnx             ids N x h x w int32 -> images N x 3 x h*ds x w*ds float32 RGB [-1, 1]
+    encoder.fp16.onnx, decoder.fp16.onnx                     FP16 body, FP32 search, same inputs and outputs
     encoder.int8.onnx, decoder.int8.onnx, calibration.json   after provq-calibrate (explicit Q/DQ, for TensorRT)
     encoder.int8-cpu.onnx, decoder.int8-cpu.onnx             after provq-calibrate (QOperator, ONNX Runtime CPU)
     engines/                 TensorRT engines built on the device, each with a .engine.json sidecar
@@ -17,7 +18,7 @@ Manifest fields::
     tensors {encoder: {input, output}, decoder: {input, output}}, opset,
     files {precision: {"encoder": file, "decoder": file}} (precisions fp32, fp16, int8, and "int8-cpu": the int8
     calibration in ONNX Runtime's operator format for CPUs), sha256 {file: hex},
-    exported_with {package: version}, source {checkpoint, checkpoint_sha256, step}, parity {...},
+    exported_with {package: version}, source {checkpoint, checkpoint_sha256, step}, parity {..., fp16 {...}},
     int8 {method, frames, data_fingerprint, engine, ...} once calibrated
 
 File names are plain names inside the model directory: a manifest cannot point anywhere else.

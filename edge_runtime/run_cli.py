@@ -159,6 +159,12 @@ def _run(args: argparse.Namespace) -> int:
         )
         stack.callback(backend.close)
         print(f"{PROG}: {source.describe()} | {backend.describe()}", file=sys.stderr)
+        if backend.parts["encoder"] == "int8" and "token_agreement" in manifest.data.get("int8", {}):
+            print(
+                f"{PROG}: note: an INT8 encoder keeps {manifest.data['int8']['token_agreement']:.0%} of FP32's token "
+                "ids (calibration.json); --encoder-precision fp16 (TensorRT, GPU) or fp32 (CPU) keeps them",
+                file=sys.stderr,
+            )
         config = PipelineConfig(
             fit=args.fit,
             max_frames=args.max_frames,

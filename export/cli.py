@@ -56,6 +56,10 @@ def _export_main(argv: list[str]) -> int:
         f"{manifest.codebook_size} codes, downsample {manifest.downsample}); ONNX Runtime vs PyTorch: "
         f"{parity['token_agreement']:.2%} ids equal, decoder max diff {parity['decoder_max_abs_diff']:.1e}"
     )
+    print(
+        f"wrote {args.out}/encoder.fp16.onnx, decoder.fp16.onnx (FP16 body, FP32 search); FP16 rounding vs FP32: "
+        f"{parity['fp16']['token_agreement']:.2%} ids equal, decoder PSNR {parity['fp16']['decoder_psnr_db']:.1f} dB"
+    )
     print(f"next: provq-calibrate {args.out} --data FRAMES --frames 300   (INT8 files for TensorRT and the CPU)")
     return 0
 

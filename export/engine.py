@@ -15,10 +15,10 @@ precision  TensorRT 10.x (JetPack 6: 10.3)             TensorRT 11.x (always str
 int8       ``*.int8.onnx`` (explicit Q/DQ), STRONGLY_   same file, no flags; never ``BuilderFlag.INT8``
            TYPED network; never ``BuilderFlag.INT8``   (removed in 11)
 fp32       ``*.onnx``, STRONGLY_TYPED network          same file, no flags
-fp16       an FP16 ONNX (``files.fp16``) strongly      only an FP16 ONNX (``files.fp16``); without one,
-           typed if the model has one; else ``*.onnx`` a one-line error saying how to make it
-           on a weakly typed network + ``BuilderFlag.  (``python -m modelopt.onnx.autocast``): the
-           FP16``                                      FP16 builder flag was removed in 11.0
+fp16       ``*.fp16.onnx`` (``files.fp16``, written by  only ``*.fp16.onnx``; a model exported before
+           provq-export), STRONGLY_TYPED network; a    provq wrote it gets a one-line error saying to
+           model without it: ``*.onnx`` on a weakly    export it again: the FP16 builder flag was
+           typed network + ``BuilderFlag.FP16``        removed in 11.0
 =========  ==========================================  ==============================================
 
 The STRONGLY_TYPED bit is computed from ``trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED`` (its value differs

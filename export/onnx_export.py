@@ -1,11 +1,13 @@
-"""Checkpoint -> model directory: encoder.onnx, decoder.onnx and manifest.json, checked against PyTorch.
+"""Checkpoint -> model directory: encoder.onnx, decoder.onnx, their FP16 versions and manifest.json, all checked.
 
     provq-export default --out models/tiny
 
 Both graphs take dynamic batch and spatial sizes (multiples of the downsample factor), use opset 17 (TensorRT 10.3,
 JetPack 6's version, parses opsets 9-20) and int32 ids. The parity check runs the ONNX files in ONNX Runtime on real
 frames (the shipped sample photos, prepared by the runtime's own preprocessing) and compares ids and reconstructions
-with PyTorch; its figures go into the manifest, and an export that disagrees is refused.
+with PyTorch; its figures go into the manifest, and an export that disagrees is refused. The FP16 files
+(``encoder.fp16.onnx``, ``decoder.fp16.onnx``: FP16 body, FP32 nearest-code search, see fp16_graph.py) are checked
+the same way against the FP32 ONNX files, and their figures go into ``parity.fp16``.
 
 The directory is written next to its destination and moved into place only when complete, so an interrupted or
 failed export leaves the previous directory untouched.
@@ -25,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from provq.calibration.report import session
 from provq.edge_runtime import manifest as mf
 from provq.edge_runtime.preprocess import prepare, resize_to
 from provq.train import checkpoint
@@ -32,10 +35,12 @@ from provq.train.data import list_media, read_image, sample_dir
 from provq.train.errors import ProvqError
 from provq.train.model import Tokenizer
 
+from .fp16_graph import convert_to_fp16, rounding_emulation
 from .graphs import DecoderGraph, EncoderGraph
 
 OPSET = 17
 MIN_TOKEN_PARITY = 0.999  # ONNX Runtime FP32 ids equal to PyTorch's on at least this share of positions
+MIN_FP16_TOKEN_PARITY = 0.9  # FP16 ids equal to FP32's on fewer positions than this: the conversion is broken
 PARITY_SIZE = 256  # parity frames are resized to fit this many pixels on their longer side
 
 
@@ -86,19 +91,19 @@ def parity_frames(downsample: int, limit: int = 6) -> list[np.ndarray]:
     return frames
 
 
+def _parity_batches(downsample: int) -> list[np.ndarray]:
+    frames = parity_frames(downsample)
+    frames.append(np.concatenate([frames[0], frames[0][:, :, ::-1].copy()]))  # a batch of 2
+    return frames
+
+
 def check_parity(model: Tokenizer, encoder_path: Path, decoder_path: Path) -> dict[str, Any]:
     """Run both ONNX files in ONNX Runtime (CPU) against PyTorch on real frames; figures for the manifest."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    encoder = ort.InferenceSession(str(encoder_path), options, providers=["CPUExecutionProvider"])
-    decoder = ort.InferenceSession(str(decoder_path), options, providers=["CPUExecutionProvider"])
+    encoder, decoder = session(encoder_path), session(decoder_path)
     same = total = 0
     max_diff = 0.0
     sizes = []
-    frames = parity_frames(model.downsample)
-    frames.append(np.concatenate([frames[0], frames[0][:, :, ::-1].copy()]))  # a batch of 2
+    frames = _parity_batches(model.downsample)
     with torch.no_grad():
         for x in frames:
             ids_torch = model.encode(torch.from_numpy(x)).numpy()
@@ -124,6 +129,39 @@ def check_parity(model: Tokenizer, encoder_path: Path, decoder_path: Path) -> di
         "token_agreement": agreement,
         "decoder_max_abs_diff": max_diff,
         "runtime": "onnxruntime CPUExecutionProvider",
+    }
+
+
+def check_fp16(fp32: tuple[Path, Path], fp16: tuple[Path, Path], downsample: int) -> dict[str, Any]:
+    """The FP16 (encoder, decoder) files against the FP32 ones on the parity frames, in ONNX Runtime (CPU) through
+    ``rounding_emulation`` (every FP16 tensor rounded; a pessimistic stand-in for FP16 arithmetic).
+
+    ``token_agreement``: share of FP16 encoder ids equal to FP32's; ``decoder_psnr_db``: the FP16 decoder's output
+    against the FP32 decoder's on the same (FP32) ids, images in [-1, 1] (peak-to-peak 2).
+    """
+    enc32, dec32 = session(fp32[0]), session(fp32[1])
+    enc16, dec16 = (session(rounding_emulation(p)) for p in fp16)
+    same = total = 0
+    squared = values = 0.0
+    for x in _parity_batches(downsample):
+        ids = enc32.run(None, {"images": x})[0]
+        same += int((enc16.run(None, {"images": x})[0] == ids).sum())
+        total += ids.size
+        diff = dec16.run(None, {"ids": ids})[0].astype(np.float64) - dec32.run(None, {"ids": ids})[0]
+        squared += float((diff**2).sum())
+        values += diff.size
+    agreement = same / total
+    if agreement < MIN_FP16_TOKEN_PARITY:
+        raise ProvqError(
+            f"the FP16 encoder keeps only {agreement:.1%} of the FP32 ids: the FP16 conversion does not suit this "
+            "model; report it with the checkpoint"
+        )
+    mse = squared / values
+    return {
+        "tokens": total,
+        "token_agreement": agreement,
+        "decoder_psnr_db": 100.0 if mse == 0 else float(10 * np.log10(4.0 / mse)),
+        "runtime": "onnxruntime CPUExecutionProvider, FP16 rounding emulated after every node",
     }
 
 
@@ -158,6 +196,10 @@ def export_model(ckpt: str | Path, out: str | Path) -> mf.Manifest:
         ids = torch.zeros(1, 4, 6, dtype=torch.int32)
         _export(DecoderGraph(model).eval(), ids, decoder_path, ("ids", "images"), {"ids": grid, "images": spatial})
         parity = check_parity(model, encoder_path, decoder_path)
+        half = staging / "encoder.fp16.onnx", staging / "decoder.fp16.onnx"
+        for src, dst in zip((encoder_path, decoder_path), half, strict=True):
+            convert_to_fp16(src, dst)
+        parity["fp16"] = check_fp16((encoder_path, decoder_path), half, ds)
         source = checkpoint.resolve(ckpt)
         data = {
             "format": mf.FORMAT,
@@ -175,8 +217,11 @@ def export_model(ckpt: str | Path, out: str | Path) -> mf.Manifest:
                 "decoder": {"input": "ids", "output": "images"},
             },
             "opset": OPSET,
-            "files": {"fp32": {"encoder": encoder_path.name, "decoder": decoder_path.name}},
-            "sha256": {p.name: mf.sha256_file(p) for p in (encoder_path, decoder_path)},
+            "files": {
+                "fp32": {"encoder": encoder_path.name, "decoder": decoder_path.name},
+                "fp16": {"encoder": half[0].name, "decoder": half[1].name},
+            },
+            "sha256": {p.name: mf.sha256_file(p) for p in (encoder_path, decoder_path, *half)},
             "exported_with": _versions(),
             "source": {
                 "checkpoint": source.name,

@@ -43,7 +43,7 @@ def full(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """One run over every backend and precision with every output written."""
     folder = tmp_path_factory.mktemp("bench")
     paths = {"json": folder / "b.json", "markdown": folder / "b.md", "plot": folder / "b.png"}
-    argv = [*SMALL, "--backends", "onnxruntime,tensorrt,pytorch", "--precisions", "fp32,fp16,int8"]
+    argv = [*SMALL, "--backends", "onnxruntime,tensorrt,pytorch", "--precisions", "fp32,fp16,int8,fp16-int8"]
     for flag, path in paths.items():
         argv += [f"--{flag}", str(path)]
     code, out, err = _run(argv)
@@ -58,7 +58,7 @@ def _row(report: dict[str, Any], backend: str, precision: str) -> dict[str, Any]
 def test_json_has_the_documented_fields(full: dict[str, Any]) -> None:
     report = full["report"]
     assert {"rows", "environment", "codecs", "config"} <= set(report)
-    assert len(report["rows"]) == 9 and report["config"]["model_size"] == [128, 128]
+    assert len(report["rows"]) == 12 and report["config"]["model_size"] == [128, 128]
     keys = ("backend", "precision", "status", "latency_ms_p50", "latency_ms_p95", "fps", "psnr_db", "ssim",
             "token_agreement", "bytes_per_frame", "encoder", "decoder", "round_trip", "speedup_vs_fp32")  # fmt: skip
     for row in report["rows"]:
@@ -86,9 +86,13 @@ def test_rows_that_run_and_rows_that_say_why(full: dict[str, Any]) -> None:
     assert fp32["speedup_vs_fp32"] == 1.0 and int8["speedup_vs_fp32"] > 0
     # previous-frame coding never costs more than plain keyframes, and zlib beats the raw packed size
     assert 0 < fp32["bytes_per_frame"] <= fp32["bytes_per_frame_plain"] <= fp32["raw_bytes_per_frame"] * 1.1
-    assert _row(report, "onnxruntime", "fp16")["status"] == "unavailable: fp16 runs through TensorRT only"
+    fp16 = _row(report, "onnxruntime", "fp16")  # FP16 files on a CPU: FP32 arithmetic on FP16-rounded weights
+    assert fp16["status"] == "ok" and fp16["token_agreement"] >= 0.99 and abs(fp16["psnr_db"] - fp32["psnr_db"]) < 0.1
+    split = _row(report, "onnxruntime", "fp16-int8")  # FP16 encoder, INT8 decoder: FP32's ids, INT8's decoder
+    assert split["status"] == "ok" and "encoder fp16 + decoder int8" in split["runs_on"]
+    assert split["token_agreement"] > int8["token_agreement"] and split["token_agreement"] >= 0.98
     if not _tensorrt_importable():
-        for precision in ("fp32", "fp16", "int8"):
+        for precision in ("fp32", "fp16", "int8", "fp16-int8"):
             assert _row(report, "tensorrt", precision)["status"] == "unavailable: tensorrt not installed"
     torch_row = _row(report, "pytorch", "fp32")
     assert torch_row["status"] == "ok" and torch_row["token_agreement"] > 0.99

@@ -15,9 +15,11 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
+from provq.calibration.report import session
 from provq.edge_runtime.manifest import load_manifest
 from provq.edge_runtime.preprocess import prepare
 from provq.export.cli import main as export_main
+from provq.export.fp16_graph import convert_to_fp16, rounding_emulation
 from provq.export.trt_check import check_model_file
 from provq.train.checkpoint import load_tokenizer
 
@@ -85,6 +87,65 @@ def test_check_passes_the_export_and_flags_the_quantizer_without_qdq(exported: P
     quantizer_ops = {n.op_type for n in graph.node if n.name.startswith("/quantizer/")}
     assert {"MatMul", "ArgMin"} <= quantizer_ops
     assert not any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in graph.node)
+
+
+def _input_types(graph: onnx.GraphProto) -> dict[str, set[int]]:
+    """{node name: element types of its non-constant and constant inputs}, read from a typed (inferred) graph."""
+    inferred = onnx.shape_inference.infer_shapes(
+        onnx.helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    )
+    types = {v.name: v.type.tensor_type.elem_type for v in [*inferred.graph.input, *inferred.graph.value_info]}
+    types |= {t.name: t.data_type for t in graph.initializer}
+    return {n.name: {types[i] for i in n.input if i in types} for n in graph.node}
+
+
+def test_fp16_files_keep_the_search_fp32_and_keep_the_ids(exported: Path, unseen_photo_dir: Path) -> None:
+    manifest = load_manifest(exported)
+    assert manifest.precisions == ["fp32", "fp16"]
+    for part in ("encoder", "decoder"):
+        manifest.verify(manifest.path("fp16", part))
+    parity = manifest.data["parity"]["fp16"]
+    assert parity["token_agreement"] >= 0.99 and 60 < parity["decoder_psnr_db"] < 100
+    encoder = onnx.load(str(exported / "encoder.fp16.onnx")).graph
+    inputs = _input_types(encoder)
+    search = [name for name in inputs if name.startswith(("/quantizer/", "/quant_proj/"))]
+    assert len(search) >= 8 and all(TensorProto.FLOAT16 not in inputs[name] for name in search)
+    body = [n.name for n in encoder.node if n.op_type == "Conv" and n.name.startswith("/encoder/")]
+    assert len(body) == 15 and all(inputs[name] == {TensorProto.FLOAT16} for name in body)
+    assert [(v.name, v.type.tensor_type.elem_type) for v in (*encoder.input, *encoder.output)] == [
+        ("images", TensorProto.FLOAT), ("ids", TensorProto.INT32)]  # fmt: skip
+    decoder = onnx.load(str(exported / "decoder.fp16.onnx")).graph
+    assert decoder.output[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    # FP16 rounding of every tensor, on real photos the model never trained on: the ids stay FP32's
+    enc32, dec32 = session(exported / "encoder.onnx"), session(exported / "decoder.onnx")
+    enc16, dec16 = session(rounding_emulation(exported / "encoder.fp16.onnx")), session(exported / "decoder.fp16.onnx")
+    same = total = 0
+    for path in sorted(unseen_photo_dir.glob("*.png")):
+        x, _ = prepare(cv2.imread(str(path)), 8)
+        ids = enc32.run(None, {"images": x})[0]
+        same += int((enc16.run(None, {"images": x})[0] == ids).sum())
+        total += ids.size
+        np.testing.assert_allclose(dec16.run(None, {"ids": ids})[0], dec32.run(None, {"ids": ids})[0], atol=0.02)
+    assert total >= 800 and same / total >= 0.99
+
+
+def test_rounding_emulation_rounds_every_fp16_tensor(tmp_path: Path) -> None:
+    """y = (x * 3) + 1 in FP16: the emulation must round x, x * 3 and the sum, exactly as float16 arithmetic does."""
+    nodes = [helper.make_node("Mul", ["x", "three"], ["m"], name="/body/Mul"),
+             helper.make_node("Add", ["m", "one"], ["y"], name="/body/Add")]  # fmt: skip
+    inits = [
+        helper.make_tensor("three", TensorProto.FLOAT, [], [3.0]),
+        helper.make_tensor("one", TensorProto.FLOAT, [], [1.0]),
+    ]
+    src = _tiny_model(tmp_path, nodes, inits)
+    convert_to_fp16(src, tmp_path / "half.onnx")
+    x = np.random.default_rng(0).uniform(-10, 10, (1, 4)).astype(np.float32)
+    half = x.astype(np.float16)
+    expected = ((half * np.float16(3)) + np.float16(1)).astype(np.float32)  # numpy rounds each float16 result
+    emulated = session(rounding_emulation(tmp_path / "half.onnx")).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(emulated, expected)
+    assert not np.array_equal(emulated, x * 3 + 1)
+    assert session(tmp_path / "half.onnx").run(None, {"x": x})[0].dtype == np.float32  # inputs/outputs stay FP32
 
 
 def _tiny_model(tmp_path: Path, nodes: list, inits: list, opset: int = 17, name: str = "m.onnx") -> Path:

@@ -221,6 +221,13 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
     (tmp / "old.ptok").write_bytes(b"x")
     (tmp / "model").mkdir()
     (tmp / "model" / "manifest.json").write_bytes((load_manifest("default").directory / "manifest.json").read_bytes())
+    old = tmp / "exported-before-fp16"  # a model directory from before provq-export wrote FP16 files
+    old.mkdir()
+    data = dict(load_manifest("default").data)
+    data["files"] = {"fp32": data["files"]["fp32"]}
+    for name in data["files"]["fp32"].values():
+        (old / name).write_bytes((load_manifest("default").directory / name).read_bytes())
+    (old / "manifest.json").write_text(json.dumps(data))
     cases = {
         "missing file": ([str(tmp / "nope.mp4")], "does not exist"),
         "corrupt video": ([str(tmp / "bad.mp4")], "corrupt"),
@@ -231,7 +238,7 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "tokens exist": (["sample://", "--tokens", str(tmp / "old.ptok")], "already exists"),
         "output not a video": (["sample://", str(tmp / "notes.mp4")], "is not a video"),
         "output type": (["sample://", str(tmp / "out.txt")], "unknown OUTPUT type"),
-        "fp16 on onnxruntime": (["sample://", "--backend", "onnxruntime", "--precision", "fp16"], "TensorRT only"),
+        "no fp16 files": (["sample://", "--model", str(old), "--precision", "fp16"], "has no FP16 files"),
     }
     if gui_backend() is None:
         cases["no GUI"] = (["sample://", "display://0"], "--headless")
@@ -297,12 +304,27 @@ def test_decode_of_a_torn_tail_decodes_every_complete_chunk(
     assert len(frames) == 60 and frames[0].shape == (54, 96, 3)
 
 
-def test_int8_runs(tmp_path: Path) -> None:
+def test_int8_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = ["sample://", str(tmp_path / "rec"), "--precision", "int8", "--input-width", "240", "--max-frames", "2"]
     assert run_main([*args, "--json", str(tmp_path / "s.json")]) == 0
     s = json.loads((tmp_path / "s.json").read_text())
     assert s["precision"] == "int8" and s["frames"] == 2 and s["psnr_db"] > 20
     assert len(read_pngs(tmp_path / "rec")) == 2
+    assert "note: an INT8 encoder keeps" in capsys.readouterr().err  # and says how to keep FP32's ids
+
+
+def test_fp16_encoder_with_int8_decoder_on_onnx_runtime(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    common = ["--input-width", "240", "--max-frames", "3", "--backend", "onnxruntime"]
+    assert run_main(["sample://", *common, "--tokens", str(tmp_path / "fp32.ptok")]) == 0
+    split = ["--precision", "int8", "--encoder-precision", "fp16", "--tokens", str(tmp_path / "split.ptok")]
+    assert run_main(["sample://", str(tmp_path / "rec"), *common, *split, "--json", str(tmp_path / "s.json")]) == 0
+    err = capsys.readouterr().err
+    assert "encoder fp16 + decoder int8" in err and "note: an INT8 encoder" not in err
+    with TokenStreamReader(tmp_path / "fp32.ptok") as a, TokenStreamReader(tmp_path / "split.ptok") as b:
+        ids32 = np.stack([f.ids for f in a.frames()])
+        ids16 = np.stack([f.ids for f in b.frames()])
+    assert ids32.shape == ids16.shape and (ids32 == ids16).mean() >= 0.98
+    assert json.loads((tmp_path / "s.json").read_text())["psnr_db"] > 20
 
 
 def test_help_shows_examples(capsys: pytest.CaptureFixture[str]) -> None:

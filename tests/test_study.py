@@ -188,3 +188,14 @@ def test_trainer_rejects_peers_outside_the_hard_schedule(photo_dir: Path, tmp_pa
         Trainer(cfg)
     with pytest.raises(ProvqError, match="unknown quantizer"):
         Trainer(replace(cfg, quantizer="rq"))
+
+
+def test_code_dim_sets_every_vq_method_and_leaves_fsq_its_levels(photo_dir: Path, tmp_path: Path) -> None:
+    study = _fast_study(photo_dir, tmp_path / "s", code_dim=4)
+    from provq.train.study import train_config
+
+    dims = {m: Trainer(train_config(study, m, 0)).model_cfg.code_dim for m in ("hard", "provq", "vqtorch", "fsq")}
+    assert dims == {"hard": 4, "provq": 4, "vqtorch": 4, "fsq": 4}  # fsq: len((8, 5, 5, 5)), its own levels
+    assert Trainer(train_config(_fast_study(photo_dir, tmp_path / "d"), "provq", 0)).model_cfg.code_dim == 8
+    done = provq_study("--data", str(photo_dir), "--out", str(tmp_path / "bad"), "--code-dim", "0", *FAST)
+    assert_user_error(done, "--code-dim must be a positive integer")

@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=d.out, help="output folder for last.pt and metrics.json (default: %(default)s)")
     p.add_argument("--preset", default=d.preset, choices=list(PRESETS), help="model size (default: %(default)s)")
     p.add_argument("--steps", type=int, default=d.steps, help="total optimizer steps (default: %(default)s)")
+    p.add_argument("--code-dim", type=int, default=None, help="codebook vector dimension (default: the preset's)")
     p.add_argument(
         "--schedule",
         default=d.schedule,

@@ -63,6 +63,7 @@ class StudyConfig:
     out: str = "runs/study"  # OUT/METHOD/seed-N/ holds each run's last.pt and metrics.json
     methods: tuple[str, ...] = METHODS
     preset: str = "tiny"
+    code_dim: int | None = None  # codebook vector dimension of every VQ method; default: the preset's (fsq: its levels)
     steps: int = 1000  # total optimizer steps of every method (ProVQ's warm-up and transition included)
     seeds: int = 2  # runs per method, with seeds 0 .. seeds - 1
     batch_size: int = 16
@@ -95,6 +96,7 @@ def train_config(study: StudyConfig, method: str, seed: int) -> TrainConfig:
         val=study.val,
         out=str(run_dir(study, method, seed)),
         preset=study.preset,
+        code_dim=study.code_dim,
         steps=study.steps,
         batch_size=study.batch_size,
         crop=study.crop,
@@ -133,6 +135,8 @@ def check(study: StudyConfig, plot: str | None) -> None:
     for name in ("steps", "seeds", "batch_size", "restart_every"):
         if getattr(study, name) <= 0:
             raise ProvqError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(study, name)}")
+    if study.code_dim is not None and study.code_dim <= 0:
+        raise ProvqError(f"--code-dim must be a positive integer, got {study.code_dim}")
     if study.eval_every is not None and study.eval_every <= 0:
         raise ProvqError(f"--eval-every must be a positive integer, got {study.eval_every}")
     if study.preset not in PRESETS:
@@ -289,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", default=None, help="PNG of PSNR and codebook usage against steps (needs matplotlib)")
     p.add_argument("--methods", default="all", help=f"comma-separated, from {','.join(METHODS)} (default: all)")
     p.add_argument("--preset", default=d.preset, choices=list(PRESETS), help="model size (default: %(default)s)")
+    p.add_argument("--code-dim", type=int, default=None, help="codebook vector dimension (default: the preset's)")
     p.add_argument("--steps", type=int, default=d.steps, help="optimizer steps per run (default: %(default)s)")
     p.add_argument("--seeds", type=int, default=d.seeds, help="runs per method (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="(default: %(default)s)")
@@ -321,6 +326,7 @@ def main(argv: list[str] | None = None) -> int:
             out=args.out,
             methods=parse_methods(args.methods),
             preset=args.preset,
+            code_dim=args.code_dim,
             steps=args.steps,
             seeds=args.seeds,
             batch_size=args.batch_size,

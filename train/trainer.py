@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,7 @@ class TrainConfig:
     out: str = "runs/provq"  # output folder: last.pt, metrics.json
     val: str | None = None  # separate validation source; default: hold out part of --data
     preset: str = "tiny"  # tiny, small or base (see presets.py)
+    code_dim: int | None = None  # dimension of the codebook vectors; default: the preset's (8)
     steps: int = 1000  # total optimizer steps, warm-up and transition included
     schedule: str = "provq"  # provq or hard (baseline: random codebook, hard VQ from step 0)
     warmup_steps: int | None = None  # continuous warm-up; default 20% of --steps
@@ -226,6 +227,10 @@ class Trainer:
         else:
             self.quantizer_kind = cfg.quantizer
             self.model_cfg = preset(cfg.preset)
+            if cfg.code_dim is not None:
+                if cfg.code_dim < 1:
+                    raise ProvqError(f"--code-dim must be a positive integer, got {cfg.code_dim}")
+                self.model_cfg = replace(self.model_cfg, code_dim=cfg.code_dim)
             if cfg.quantizer != "vq":
                 self.model_cfg = peer_quantizers.fit_model_config(cfg.quantizer, self.model_cfg)
             self.preset = cfg.preset
