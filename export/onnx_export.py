@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import torch
 
 from provq.calibration.report import session
@@ -198,7 +199,12 @@ def export_model(ckpt: str | Path, out: str | Path) -> mf.Manifest:
         parity = check_parity(model, encoder_path, decoder_path)
         half = staging / "encoder.fp16.onnx", staging / "decoder.fp16.onnx"
         for src, dst in zip((encoder_path, decoder_path), half, strict=True):
-            convert_to_fp16(src, dst)
+            try:
+                convert_to_fp16(src, dst)
+            except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:
+                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                message = f"the FP16 version of {src.name} is invalid ({first}): report it with the checkpoint"
+                raise ProvqError(message) from None
         parity["fp16"] = check_fp16((encoder_path, decoder_path), half, ds)
         source = checkpoint.resolve(ckpt)
         data = {
