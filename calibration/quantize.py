@@ -71,7 +71,7 @@ def quantize_graph(
 
     With ``cpu_path``, the same ranges also give ONNX Runtime's operator-format file for CPUs: QLinearConv and the
     other integer operators, uint8 activations, int8 per-channel weights, every operator quantized but the search
-    and ``keep_fp32`` (TensorRT cannot build it; on a CPU it runs about twice as fast as FP32, where the Q/DQ file
+    and ``keep_fp32`` (TensorRT cannot build it; on a CPU it runs 1.6-1.8x as fast as FP32, where the Q/DQ file
     runs slower).
     """
     calibrate_method, options = METHODS[method]
