@@ -199,3 +199,14 @@ def test_code_dim_sets_every_vq_method_and_leaves_fsq_its_levels(photo_dir: Path
     assert Trainer(train_config(_fast_study(photo_dir, tmp_path / "d"), "provq", 0)).model_cfg.code_dim == 8
     done = provq_study("--data", str(photo_dir), "--out", str(tmp_path / "bad"), "--code-dim", "0", *FAST)
     assert_user_error(done, "--code-dim must be a positive integer")
+
+
+def test_provq_restart_every_adds_dead_code_restarts_to_provq_only(photo_dir: Path, tmp_path: Path) -> None:
+    from provq.train.study import train_config
+
+    study = _fast_study(photo_dir, tmp_path / "s", provq_restart_every=20, restart_every=30)
+    assert train_config(study, "provq", 0).restart_dead_codes_every == 20
+    assert train_config(study, "kmeans-restart", 0).restart_dead_codes_every == 30
+    assert train_config(_fast_study(photo_dir, tmp_path / "d"), "provq", 0).restart_dead_codes_every == 0
+    done = provq_study("--data", str(photo_dir), "--out", str(tmp_path / "bad"), "--provq-restart-every", "-1", *FAST)
+    assert_user_error(done, "--provq-restart-every must be 0 (off) or a positive integer")

@@ -20,6 +20,7 @@ Methods:
     fsq             vector-quantize-pytorch's FSQ with the FSQ paper's levels for the codebook size (8,5,5,5 = 1000
                     codes for tiny)
     provq           ours: continuous warm-up, k-means, cosine blend to hard VQ with the loss ramp
+                    (--provq-restart-every N adds kmeans-restart's dead-code restarts to it; off by default)
 
 Output: a table on screen, --json (default OUT/study.json), and with --plot a PNG of validation PSNR and codebook
 usage against steps. Each run's checkpoint and metrics.json are in OUT/METHOD/seed-N/.
@@ -73,6 +74,7 @@ class StudyConfig:
     transition_steps: int | None = None  # ProVQ's continuous -> discrete blend; default 30% of steps
     lam: float = 0.5  # ProVQ's VQ-loss weight at the start of the transition
     restart_every: int = 50  # kmeans-restart: restart codes unused for this many steps
+    provq_restart_every: int = 0  # provq: the same dead-code restarts on top of ProVQ (not in the paper); 0 = off
     kmeans_points: int = 0  # latents for the k-means inits (provq, kmeans-restart); 0 = 20 x codebook size
     eval_every: int | None = None  # validation interval; default steps / 10
     val_size: int = 256  # validation frames are centre-cropped to at most this size
@@ -111,7 +113,12 @@ def train_config(study: StudyConfig, method: str, seed: int) -> TrainConfig:
         progress=study.progress,
     )
     if method == "provq":
-        return replace(shared, warmup_steps=study.warmup_steps, transition_steps=study.transition_steps)
+        return replace(
+            shared,
+            warmup_steps=study.warmup_steps,
+            transition_steps=study.transition_steps,
+            restart_dead_codes_every=study.provq_restart_every,
+        )
     if method == "kmeans-restart":
         return replace(shared, warmup_steps=0, transition_steps=0, restart_dead_codes_every=study.restart_every)
     quantizer = {"hard": "vq", "vqtorch": "vqtorch", "fsq": "fsq"}[method]
@@ -135,6 +142,9 @@ def check(study: StudyConfig, plot: str | None) -> None:
     for name in ("steps", "seeds", "batch_size", "restart_every"):
         if getattr(study, name) <= 0:
             raise ProvqError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(study, name)}")
+    if study.provq_restart_every < 0:
+        value = study.provq_restart_every
+        raise ProvqError(f"--provq-restart-every must be 0 (off) or a positive integer, got {value}")
     if study.code_dim is not None and study.code_dim <= 0:
         raise ProvqError(f"--code-dim must be a positive integer, got {study.code_dim}")
     if study.eval_every is not None and study.eval_every <= 0:
@@ -305,6 +315,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--restart-every", type=int, default=d.restart_every, help="kmeans-restart interval (default: %(default)s)"
     )
+    p.add_argument(
+        "--provq-restart-every",
+        type=int,
+        default=d.provq_restart_every,
+        help="add dead-code restarts at this interval to provq (not in the paper; default: %(default)s = off)",
+    )
     p.add_argument("--kmeans-points", type=int, default=d.kmeans_points, help="0 = 20 x codebook size (default)")
     p.add_argument("--eval-every", type=int, default=None, help="validation interval (default: --steps / 10)")
     p.add_argument(
@@ -336,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
             transition_steps=args.transition_steps,
             lam=args.lam,
             restart_every=args.restart_every,
+            provq_restart_every=args.provq_restart_every,
             kmeans_points=args.kmeans_points,
             eval_every=args.eval_every,
             val_size=args.val_size,
