@@ -28,9 +28,9 @@ Output (OUT):
     corpus.json                             counts per split and group, every source with its licence, every
                                             excluded file with the reason, the command line, sizes on disk
 KEY is ``s{factor}_y{row}_x{col}`` for a photo and ``f{frame}_s{factor}_y{row}_x{col}`` for a clip frame (pixel
-offsets in the reduced image). ``--max-bytes`` keeps the crops whose SHA-256 of the key ranks first until that many
-JPEG bytes are reached. The build writes into OUT.partial and replaces OUT only when it is complete; the same
-inputs and library versions give byte-identical crops and shards.
+offsets in the reduced image). ``--max-bytes`` takes the crops in order of the SHA-256 of their keys and keeps
+each one that still fits in that many JPEG bytes. The build writes into OUT.partial and replaces OUT only when it is
+complete; the same inputs and library versions give byte-identical crops and shards.
 """
 
 from __future__ import annotations
