@@ -38,11 +38,13 @@ from provq.train.model import Tokenizer
 
 from .fp16_graph import convert_to_fp16, rounding_emulation
 from .graphs import DecoderGraph, EncoderGraph
+from .macs import count_macs
 
 OPSET = 17
 MIN_TOKEN_PARITY = 0.999  # ONNX Runtime FP32 ids equal to PyTorch's on at least this share of positions
 MIN_FP16_TOKEN_PARITY = 0.9  # FP16 ids equal to FP32's on fewer positions than this: the conversion is broken
 PARITY_SIZE = 256  # parity frames are resized to fit this many pixels on their longer side
+MACS_SIZE = (256, 256)  # frame size the manifest's compute figures are counted at (per megapixel they are size-free)
 
 
 def codebook_sha256(codebook: torch.Tensor) -> str:
@@ -235,6 +237,10 @@ def export_model(ckpt: str | Path, out: str | Path) -> mf.Manifest:
                 "step": state.get("step"),
             },
             "parity": parity,
+            "gmac_per_megapixel": {
+                part: round(count_macs(path, *MACS_SIZE, downsample=ds).gmac_per_megapixel, 4)
+                for part, path in (("encoder", encoder_path), ("decoder", decoder_path))
+            },
         }
         mf.write_json_atomic(staging / mf.NAME, data)
         _move_into_place(staging, out)

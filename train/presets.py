@@ -13,6 +13,8 @@ from typing import Any
 
 from .errors import ProvqError
 
+STEMS = ("conv", "s2d", "haar")
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -26,11 +28,22 @@ class ModelConfig:
     code_dim: int = 8  # dimension of each codebook vector
     codebook_size: int = 1024  # K: number of codes; ids are int32 in [0, K)
     beta: float = 0.25  # commitment loss weight
+    stem: str = "conv"  # "conv" (full-resolution 3x3 Conv stem and head), "s2d" or "haar"; see the module docstring
+    patch: int = 1  # the stem's patch size p: 1 for "conv"; 2 or 4 for "s2d" and "haar" (widths[0] runs at H/p)
+    shortcuts: bool = False  # DC-AE space-to-channel shortcuts around every down- and upsampling Conv
+
+    def __post_init__(self) -> None:
+        if self.stem not in STEMS:
+            raise ProvqError(f"unknown stem {self.stem!r}: choose one of {', '.join(STEMS)}")
+        if (self.stem == "conv") != (self.patch == 1) or self.patch not in (1, 2, 4):
+            raise ProvqError(f"stem {self.stem!r} with patch {self.patch}: use patch 1 for 'conv', 2 or 4 otherwise")
+        if self.shortcuts and any((4 * a) % b for a, b in zip(self.widths, self.widths[1:], strict=False)):
+            raise ProvqError(f"shortcuts need 4 x each width to be a multiple of the next, got {self.widths}")
 
     @property
     def downsample(self) -> int:
-        """Spatial reduction: an H x W frame becomes an H/downsample x W/downsample grid of ids."""
-        return 2 ** (len(self.widths) - 1)
+        """Spatial reduction: an H x W frame becomes an H/downsample x W/downsample grid of ids (patch x 2^levels)."""
+        return self.patch * 2 ** (len(self.widths) - 1)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain types only (lists, ints, floats, str), so checkpoints load with weights_only=True."""
@@ -53,6 +66,11 @@ class ModelConfig:
 
 PRESETS: dict[str, ModelConfig] = {
     "tiny": ModelConfig(),
+    # Candidates for a cheaper tiny (same tokens: downsample 8, 1024 codes of dimension 8); see the module docstring.
+    "tiny-s2d": ModelConfig(widths=(48, 96, 128), latent_channels=128, stem="s2d", patch=2),
+    "tiny-s2d-dcae": ModelConfig(widths=(48, 96, 128), latent_channels=128, stem="s2d", patch=2, shortcuts=True),
+    "tiny-haar": ModelConfig(widths=(80, 160), latent_channels=160, stem="haar", patch=4),
+    "tiny-haar-dcae": ModelConfig(widths=(80, 160), latent_channels=160, stem="haar", patch=4, shortcuts=True),
     "small": ModelConfig(
         widths=(64, 128, 128, 256),
         res_blocks=2,
