@@ -79,6 +79,19 @@ def _export(module: torch.nn.Module, example: torch.Tensor, path: Path, names: t
         )
 
 
+def export_graphs(model: Tokenizer, directory: Path) -> tuple[Path, Path]:
+    """DIRECTORY/encoder.onnx and decoder.onnx (FP32, dynamic batch and size) of ``model``, unchecked."""
+    ds = model.downsample
+    encoder_path, decoder_path = directory / "encoder.onnx", directory / "decoder.onnx"
+    spatial = {0: "batch", 2: "height", 3: "width"}
+    grid = {0: "batch", 1: "rows", 2: "columns"}
+    images = torch.zeros(1, 3, 4 * ds, 6 * ds)
+    _export(EncoderGraph(model).eval(), images, encoder_path, ("images", "ids"), {"images": spatial, "ids": grid})
+    ids = torch.zeros(1, 4, 6, dtype=torch.int32)
+    _export(DecoderGraph(model).eval(), ids, decoder_path, ("ids", "images"), {"ids": grid, "images": spatial})
+    return encoder_path, decoder_path
+
+
 def parity_frames(downsample: int, limit: int = 6) -> list[np.ndarray]:
     """Real frames for the parity check: sample photos at most PARITY_SIZE on the longer side, as 1 x 3 x H x W."""
     images, _ = list_media(sample_dir() / "images")
@@ -191,13 +204,7 @@ def export_model(ckpt: str | Path, out: str | Path) -> mf.Manifest:
     os.umask(umask)
     staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; the model directory is an ordinary folder
     try:
-        encoder_path, decoder_path = staging / "encoder.onnx", staging / "decoder.onnx"
-        images = torch.zeros(1, 3, 4 * ds, 6 * ds)
-        spatial = {0: "batch", 2: "height", 3: "width"}
-        grid = {0: "batch", 1: "rows", 2: "columns"}
-        _export(EncoderGraph(model).eval(), images, encoder_path, ("images", "ids"), {"images": spatial, "ids": grid})
-        ids = torch.zeros(1, 4, 6, dtype=torch.int32)
-        _export(DecoderGraph(model).eval(), ids, decoder_path, ("ids", "images"), {"ids": grid, "images": spatial})
+        encoder_path, decoder_path = export_graphs(model, staging)
         parity = check_parity(model, encoder_path, decoder_path)
         half = staging / "encoder.fp16.onnx", staging / "decoder.fp16.onnx"
         for src, dst in zip((encoder_path, decoder_path), half, strict=True):

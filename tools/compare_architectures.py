@@ -18,8 +18,8 @@ Writes OUT/comparison.json, OUT/comparison.md (a table) and, with matplotlib, OU
 against GMAC per megapixel).
 
     python tools/compare_architectures.py --data ~/photos --val ~/val_photos --steps 3000 --out runs/arch
-    python tools/compare_architectures.py --data sample --steps 20 --warmup-steps 4 --transition-steps 6 \
-        --out /tmp/arch --runs 5                      # a quick end-to-end check (the figures mean nothing)
+    python tools/compare_architectures.py --data sample --steps 20 --out /tmp/arch --runs 5   # a quick check
+    python tools/compare_architectures.py --untrained --out /tmp/costs   # parameters, GMAC/MP, latency, step time
 
 Exit status 0, or 2 with one line on bad input (an unknown preset, a reused run trained differently).
 """
@@ -27,6 +27,7 @@ Exit status 0, or 2 with one line on bad input (an unknown preset, a reused run 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -38,12 +39,17 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+import torch
+import torch.nn.functional as F
 
 from provq.edge_runtime import manifest as mf
 from provq.edge_runtime.errors import EdgeError
 from provq.edge_runtime.preprocess import parse_size
+from provq.export.macs import count_macs
+from provq.export.onnx_export import export_graphs
 from provq.train import checkpoint
 from provq.train.errors import ProvqError
+from provq.train.model import Tokenizer
 from provq.train.presets import PRESETS
 
 CANDIDATES = ("tiny", "tiny-s2d", "tiny-s2d-dcae", "tiny-haar", "tiny-haar-dcae")
@@ -120,15 +126,18 @@ def _session(path: Path, threads: int) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def latencies(manifests: dict[str, mf.Manifest], size: tuple[int, int], args: argparse.Namespace) -> dict[str, float]:
+Graphs = tuple[Path, Path, int]  # encoder.onnx, decoder.onnx, downsample
+
+
+def latencies(graphs: dict[str, Graphs], size: tuple[int, int], args: argparse.Namespace) -> dict[str, float]:
     """Median milliseconds of one encoder + decoder round trip of a W x H frame, per model, runs interleaved."""
     width, height = size
     frame = np.random.default_rng(0).uniform(-1, 1, (1, 3, height, width)).astype(np.float32)
     pairs = {}
-    for name, manifest in manifests.items():
-        if height % manifest.downsample or width % manifest.downsample:
-            raise ProvqError(f"--sizes {width}x{height} is not a multiple of {name}'s downsample {manifest.downsample}")
-        pairs[name] = tuple(_session(manifest.path("fp32", part), args.threads) for part in mf.PARTS)
+    for name, (encoder_path, decoder_path, ds) in graphs.items():
+        if height % ds or width % ds:
+            raise ProvqError(f"--sizes {width}x{height} is not a multiple of {name}'s downsample {ds}")
+        pairs[name] = (_session(encoder_path, args.threads), _session(decoder_path, args.threads))
 
     def round_trip(name: str) -> float:
         encoder, decoder = pairs[name]
@@ -146,11 +155,46 @@ def latencies(manifests: dict[str, mf.Manifest], size: tuple[int, int], args: ar
     return {name: round(1e3 * statistics.median(values), 2) for name, values in times.items()}
 
 
-def _row(name: str, ckpt: Path, manifest: mf.Manifest) -> dict[str, Any]:
-    metrics = json.loads((ckpt.parent / "metrics.json").read_text())
-    model = checkpoint.load_tokenizer(ckpt)
+def step_seconds(models: dict[str, Tokenizer], args: argparse.Namespace) -> dict[str, float]:
+    """Median seconds of one training step per model (interleaved): hard-VQ forward on a --batch-size x 3 x --crop
+    x --crop batch of random values, L2 + codebook + commitment loss, backward, gradient clipping, AdamW step. The
+    trainer's step without data loading or validation; torch on the CPU with --threads threads."""
+    torch.set_num_threads(args.threads)
+    generator = torch.Generator().manual_seed(args.seed)
+    batch = torch.rand(args.batch_size, 3, args.crop, args.crop, generator=generator) * 2 - 1
+    runs = {}
+    for name, original in models.items():
+        model = copy.deepcopy(original).train()
+        with torch.no_grad():
+            z = model.latents(batch).permute(0, 2, 3, 1).reshape(-1, model.config.code_dim)
+        model.quantizer.init_from_latents(z, seed=args.seed, iters=2)
+        runs[name] = (model, torch.optim.AdamW(model.parameters(), lr=1e-4))
+
+    def one_step(name: str) -> float:
+        model, optimizer = runs[name]
+        start = time.perf_counter()
+        out = model(batch, 0.0)
+        loss = F.mse_loss(out.reconstruction, batch) + out.codebook_loss + model.config.beta * out.commitment_loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        return time.perf_counter() - start
+
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for repeat in range(1 + args.step_runs):
+        for name in runs:
+            elapsed = one_step(name)
+            if repeat:
+                times[name].append(elapsed)
+    return {name: round(statistics.median(values), 3) for name, values in times.items()}
+
+
+def _row(name: str, model: Tokenizer, graphs: Graphs, metrics: dict[str, Any]) -> dict[str, Any]:
     cfg = model.config
-    compute = manifest.gmac_per_megapixel
+    encoder_path, decoder_path, ds = graphs
+    compute = {part: round(count_macs(path, 256, 256, downsample=ds).gmac_per_megapixel, 4)
+               for part, path in (("encoder", encoder_path), ("decoder", decoder_path))}  # fmt: skip
     return {
         "preset": name,
         "stem": cfg.stem,
@@ -165,7 +209,26 @@ def _row(name: str, ckpt: Path, manifest: mf.Manifest) -> dict[str, Any]:
         "steps": metrics.get("steps"),
         "train_seconds": metrics.get("seconds"),
         "latency_ms": {},
+        "train_step_s": None,
     }
+
+
+def trained(args: argparse.Namespace, name: str) -> tuple[Tokenizer, Graphs, dict[str, Any]]:
+    """Train (or reuse) and export ``name``; its model, FP32 graphs and metrics.json."""
+    ckpt = train(args, name)
+    manifest = export(ckpt)
+    graphs = (manifest.path("fp32", "encoder"), manifest.path("fp32", "decoder"), manifest.downsample)
+    return checkpoint.load_tokenizer(ckpt), graphs, json.loads((ckpt.parent / "metrics.json").read_text())
+
+
+def untrained(args: argparse.Namespace, name: str) -> tuple[Tokenizer, Graphs, dict[str, Any]]:
+    """``name`` with its initial weights (seed --seed) exported to OUT/untrained/NAME: for cost figures only."""
+    torch.manual_seed(args.seed)
+    model = Tokenizer(PRESETS[name]).eval()
+    folder = args.out / "untrained" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    encoder_path, decoder_path = export_graphs(model, folder)
+    return model, (encoder_path, decoder_path, model.downsample), {}
 
 
 def _fmt(value: float | None, digits: int) -> str:
@@ -174,24 +237,29 @@ def _fmt(value: float | None, digits: int) -> str:
 
 def markdown(rows: list[dict[str, Any]], sizes: list[str], setup: dict[str, Any]) -> str:
     """The comparison as a markdown table, with the run's settings above it."""
+    if setup["untrained"]:
+        budget = f"Initial weights (seed {setup['seed']}), no training: cost figures only."
+    else:
+        held_out = setup["val"] or "part of --data"
+        budget = (f"Equal budget: {setup['steps']} steps, batch {setup['batch_size']}, crop {setup['crop']}, seed "
+                  f"{setup['seed']}, data `{setup['data']}`, held out `{held_out}`.")  # fmt: skip
     lines = [
-        f"Equal budget: {setup['steps']} steps, batch {setup['batch_size']}, crop {setup['crop']}, seed "
-        f"{setup['seed']}, data `{setup['data']}`, held out `{setup['val'] or 'part of --data'}`. "
-        f"Latency: ONNX Runtime {setup['onnxruntime']} CPU, {setup['threads']} threads, median of {setup['runs']} "
-        f"FP32 encoder + decoder round trips per size, models interleaved in one process; measured {setup['date']} "
-        f"on {setup['machine']}.",
+        f"{budget} Latency: ONNX Runtime {setup['onnxruntime']} CPU, {setup['threads']} threads, median of "
+        f"{setup['runs']} FP32 encoder + decoder round trips per size; training step: torch {setup['torch']} CPU, "
+        f"{setup['threads']} threads, batch {setup['batch_size']}, crop {setup['crop']}, median of "
+        f"{setup['step_runs']}; models interleaved in one process; measured {setup['date']} on {setup['machine']}.",
         "",
         "| preset | stem | parameters | GMAC/MP enc | dec | total | PSNR dB | SSIM | usage | "
         + " | ".join(f"ms {s}" for s in sizes)
-        + " |",
-        "|" + "---|" * (9 + len(sizes)),
+        + " | train step s |",
+        "|" + "---|" * (10 + len(sizes)),
     ]
     for r in rows:
         stem = f"{r['stem']}" + (f" p{r['patch']}" if r["patch"] > 1 else "") + (" +DC-AE" if r["shortcuts"] else "")
         g = r["gmac_per_megapixel"]
         cells = [r["preset"], stem, f"{r['parameters'] / 1e6:.2f} M", f"{g['encoder']:.1f}", f"{g['decoder']:.1f}",
                  f"{g['total']:.1f}", _fmt(r["psnr_db"], 2), _fmt(r["ssim"], 3), _fmt(r["codebook_usage"], 2),
-                 *(_fmt(r["latency_ms"].get(s), 1) for s in sizes)]  # fmt: skip
+                 *(_fmt(r["latency_ms"].get(s), 1) for s in sizes), _fmt(r["train_step_s"], 3)]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -232,11 +300,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0],
         epilog="Arguments after -- go to every provq-train run (e.g. -- --lr 5e-4 --device cuda).",
     )
-    p.add_argument("--data", required=True, help="provq-train --data for every preset")
+    p.add_argument("--data", default=None, help="provq-train --data for every preset (needed unless --untrained)")
     p.add_argument("--val", default=None, help="provq-train --val (default: provq-train's hold-out of --data)")
     p.add_argument("--out", required=True, type=Path, help="runs go to OUT/NAME; the comparison files to OUT")
     p.add_argument("--presets", default=",".join(CANDIDATES), help="comma-separated (default: %(default)s)")
-    p.add_argument("--steps", type=int, required=True, help="training steps, the same for every preset")
+    p.add_argument("--steps", type=int, default=None, help="training steps, the same for every preset")
     p.add_argument("--batch-size", type=int, default=16, help="(default: %(default)s)")
     p.add_argument("--crop", type=int, default=64, help="(default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
@@ -247,6 +315,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (default: %(default)s)")
     p.add_argument("--runs", type=int, default=30, help="timed round trips per model and size (default: %(default)s)")
     p.add_argument("--warmup", type=int, default=3, help="untimed round trips first (default: %(default)s)")
+    p.add_argument("--step-runs", type=int, default=5, help="timed training steps per model; 0: none (%(default)s)")
+    p.add_argument("--untrained", action="store_true", help="costs only: initial weights, no training, no PSNR")
     args = p.parse_args(argv)
     args.train_args = extra
     return args
@@ -260,34 +330,44 @@ def main(argv: list[str] | None = None) -> int:
         if unknown or not names:
             raise ProvqError(f"unknown preset(s) {unknown}: choose from {', '.join(PRESETS)}")
         sizes = [parse_size(s) for s in args.sizes.split(",")]
-        if args.steps < 1 or args.runs < 1 or args.threads < 1:
-            raise ProvqError("--steps, --runs and --threads must be positive")
+        if not args.untrained and (args.data is None or args.steps is None):
+            raise ProvqError("--data and --steps are needed to train (or pass --untrained for cost figures only)")
+        if (args.steps is not None and args.steps < 1) or args.runs < 1 or args.threads < 1 or args.step_runs < 0:
+            raise ProvqError("--steps, --runs and --threads must be positive, --step-runs at least 0")
         args.out.mkdir(parents=True, exist_ok=True)
-        manifests, rows = {}, []
+        models, graphs, rows = {}, {}, []
         for name in names:
-            ckpt = train(args, name)
-            manifests[name] = export(ckpt)
-            rows.append(_row(name, ckpt, manifests[name]))
+            models[name], graphs[name], metrics = (untrained if args.untrained else trained)(args, name)
+            rows.append(_row(name, models[name], graphs[name], metrics))
         labels = [f"{w}x{h}" for w, h in sizes]
         for size, label in zip(sizes, labels, strict=True):
             print(f"timing {label} ({args.runs} interleaved round trips per model)", flush=True)
-            for row, (_, ms) in zip(rows, latencies(manifests, size, args).items(), strict=True):
+            for row, (_, ms) in zip(rows, latencies(graphs, size, args).items(), strict=True):
                 row["latency_ms"][label] = ms
+        if args.step_runs:
+            print(f"timing training steps ({args.step_runs} interleaved per model)", flush=True)
+            for row, (_, seconds) in zip(rows, step_seconds(models, args).items(), strict=True):
+                row["train_step_s"] = seconds
     except (ProvqError, EdgeError) as err:
         print(f"compare_architectures: error: {err}", file=sys.stderr)
         return 2
     setup = {
-        **{k: getattr(args, k) for k in ("data", "val", "steps", "batch_size", "crop", "seed", "threads", "runs")},
+        **{
+            k: getattr(args, k)
+            for k in ("data", "val", "steps", "batch_size", "crop", "seed", "threads", "runs", "step_runs", "untrained")
+        },
         "train_args": args.train_args,
         "onnxruntime": ort.__version__,
+        "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%d", time.gmtime()),
         "machine": f"{os.cpu_count()}-core {os.uname().machine} CPU",
     }
     (args.out / "comparison.json").write_text(json.dumps({"setup": setup, "rows": rows}, indent=2) + "\n")
     (args.out / "comparison.md").write_text(markdown(rows, labels, setup))
-    plotted = plot(rows, args.out / "comparison.png", f"{args.steps} steps, batch {args.batch_size}, crop {args.crop}")
+    title = f"{args.steps} steps, batch {args.batch_size}, crop {args.crop}, seed {args.seed}"
+    plotted = not args.untrained and plot(rows, args.out / "comparison.png", title)
     print(markdown(rows, labels, setup))
-    print(f"wrote {args.out}/comparison.json, comparison.md" + (", comparison.png" if plotted else " (no matplotlib)"))
+    print(f"wrote {args.out}/comparison.json, comparison.md" + (", comparison.png" if plotted else ""))
     return 0
 
 

@@ -1,6 +1,14 @@
 """Model presets: the one place that says how big each tokenizer is.
 
-tiny  2.0 M parameters, downsample 8, 1024 codes: CPUs and small Jetsons
+tiny  2.0 M parameters, downsample 8, 1024 codes: CPUs and small Jetsons (162 GMAC per megapixel, encoder + decoder)
+
+Candidates for a cheaper tiny, at the same tokens (downsample 8, 1024 codes of dimension 8):
+tiny-s2d        2.2 M, 89 GMAC/MP: 2x2 space-to-depth stem (12 channels at H/2), conv + pixel-shuffle head
+tiny-s2d-dcae   2.2 M, 89 GMAC/MP: tiny-s2d with DC-AE space-to-channel shortcuts around every resolution change
+tiny-haar       2.8 M, 64 GMAC/MP: 2-level Haar wavelet stem (48 channels at H/4, Cosmos' patcher), inverse-Haar head
+tiny-haar-dcae  2.8 M, 64 GMAC/MP: tiny-haar with DC-AE shortcuts
+(stems.py has the layouts; the ModelConfig defaults stay tiny's network, so old checkpoints rebuild it exactly.)
+
 small ~14 M parameters, downsample 8, 4096 codes: a workstation GPU
 base  ~75 M parameters, downsample 16, 16384 codes of dimension 8 behind a 1x1 projection
       (the size of LlamaGen's VQ-16 tokenizer)
