@@ -165,9 +165,11 @@ def step_seconds(models: dict[str, Tokenizer], args: argparse.Namespace) -> dict
     runs = {}
     for name, original in models.items():
         model = copy.deepcopy(original).train()
-        with torch.no_grad():
+        with torch.no_grad():  # codes on the batch's own latents: the step's cost does not depend on their values
             z = model.latents(batch).permute(0, 2, 3, 1).reshape(-1, model.config.code_dim)
-        model.quantizer.init_from_latents(z, seed=args.seed, iters=2)
+            picks = torch.randint(z.shape[0], (model.config.codebook_size,), generator=generator)
+            model.quantizer.codebook.copy_(z[picks])
+            model.quantizer.initialized.fill_(True)
         runs[name] = (model, torch.optim.AdamW(model.parameters(), lr=1e-4))
 
     def one_step(name: str) -> float:
