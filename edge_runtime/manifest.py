@@ -19,6 +19,8 @@ Manifest fields::
     files {precision: {"encoder": file, "decoder": file}} (precisions fp32, fp16, int8, and "int8-cpu": the int8
     calibration in ONNX Runtime's operator format for CPUs), sha256 {file: hex},
     exported_with {package: version}, source {checkpoint, checkpoint_sha256, step}, parity {..., fp16 {...}},
+    gmac_per_megapixel {encoder, decoder} (multiply-accumulates per frame megapixel, counted from the FP32 ONNX
+    graphs by provq.export.macs; absent in manifests written before it was recorded),
     int8 {method, frames, data_fingerprint, engine, ...} once calibrated
 
 File names are plain names inside the model directory: a manifest cannot point anywhere else.
@@ -116,6 +118,12 @@ class Manifest:
         return str(self.data["codebook_sha256"])
 
     @property
+    def gmac_per_megapixel(self) -> dict[str, float] | None:
+        """{"encoder": GMAC, "decoder": GMAC} per frame megapixel, or None (exported before it was recorded)."""
+        compute = self.data.get("gmac_per_megapixel")
+        return None if compute is None else {part: float(compute[part]) for part in PARTS}
+
+    @property
     def token_bits(self) -> int:
         """Bits per packed token id: ceil(log2 K), at least 1."""
         return max(1, math.ceil(math.log2(self.codebook_size)))
@@ -191,6 +199,13 @@ def load_manifest(model: str | Path) -> Manifest:
             _plain_name(name, str(path))
     if "fp32" not in data["files"]:
         raise EdgeError(f"{path}: no fp32 files listed; re-run provq-export")
+    compute = data.get("gmac_per_megapixel")
+    if compute is not None and not (
+        isinstance(compute, dict)
+        and set(compute) == set(PARTS)
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in compute.values())
+    ):
+        raise EdgeError(f"{path}: gmac_per_megapixel must give encoder and decoder figures >= 0; re-run provq-export")
     for part in PARTS:
         names = data["tensors"].get(part)
         if not isinstance(names, dict) or not all(isinstance(names.get(k), str) for k in ("input", "output")):

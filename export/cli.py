@@ -60,6 +60,8 @@ def _export_main(argv: list[str]) -> int:
         f"wrote {args.out}/encoder.fp16.onnx, decoder.fp16.onnx (FP16 body, FP32 search); FP16 rounding vs FP32: "
         f"{parity['fp16']['token_agreement']:.2%} ids equal, decoder PSNR {parity['fp16']['decoder_psnr_db']:.1f} dB"
     )
+    compute = manifest.gmac_per_megapixel
+    print(f"compute: encoder {compute['encoder']:.1f}, decoder {compute['decoder']:.1f} GMAC per megapixel (ONNX)")
     print(f"next: provq-calibrate {args.out} --data FRAMES --frames 300   (INT8 files for TensorRT and the CPU)")
     return 0
 

@@ -27,7 +27,11 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper, shape_inference
 
 FLOAT, HALF = TensorProto.FLOAT, TensorProto.FLOAT16
-FP16_OPS = frozenset({"Add", "Clip", "Concat", "Conv", "Div", "Mul", "Relu", "Resize", "Sigmoid", "Sub", "Tanh"})
+FP16_OPS = frozenset(
+    {"Add", "Clip", "Concat", "Conv", "Div", "Mul", "Relu", "Resize", "Sigmoid", "Sub", "Tanh",
+     # layout changes and the DC-AE shortcuts' channel mean (their integer shape inputs keep their types)
+     "DepthToSpace", "ReduceMean", "Reshape", "SpaceToDepth", "Squeeze", "Tile", "Transpose", "Unsqueeze"}
+)  # fmt: skip
 KEEP_FP32 = ("/quantizer/", "/quant_proj/", "/post_quant_proj/")
 SHAPE_INPUTS = {"Resize": {1, 2, 3}}  # roi, scales, sizes: not image data, their types are fixed by the operator
 

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from provq.train.model import Tokenizer
+from provq.train.stems import fold_haar_heads
 
 
 class NearestCode(nn.Module):
@@ -63,7 +64,7 @@ class DecoderGraph(nn.Module):
         super().__init__()
         self.quantizer = CodeLookup(tokenizer.quantizer.codebook)
         self.post_quant_proj = tokenizer.post_quant_proj
-        self.decoder = tokenizer.decoder
+        self.decoder = fold_haar_heads(tokenizer.decoder)  # a Haar head's inverse transform inside its Conv
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.post_quant_proj(self.quantizer(ids))).clamp(-1.0, 1.0)

@@ -38,11 +38,13 @@ from provq.train.model import Tokenizer
 
 from .fp16_graph import convert_to_fp16, rounding_emulation
 from .graphs import DecoderGraph, EncoderGraph
+from .macs import count_macs
 
 OPSET = 17
 MIN_TOKEN_PARITY = 0.999  # ONNX Runtime FP32 ids equal to PyTorch's on at least this share of positions
 MIN_FP16_TOKEN_PARITY = 0.9  # FP16 ids equal to FP32's on fewer positions than this: the conversion is broken
 PARITY_SIZE = 256  # parity frames are resized to fit this many pixels on their longer side
+MACS_SIZE = (256, 256)  # frame size the manifest's compute figures are counted at (per megapixel they are size-free)
 
 
 def codebook_sha256(codebook: torch.Tensor) -> str:
@@ -75,6 +77,19 @@ def _export(module: torch.nn.Module, example: torch.Tensor, path: Path, names: t
             do_constant_folding=True,
             dynamo=False,
         )
+
+
+def export_graphs(model: Tokenizer, directory: Path) -> tuple[Path, Path]:
+    """DIRECTORY/encoder.onnx and decoder.onnx (FP32, dynamic batch and size) of ``model``, unchecked."""
+    ds = model.downsample
+    encoder_path, decoder_path = directory / "encoder.onnx", directory / "decoder.onnx"
+    spatial = {0: "batch", 2: "height", 3: "width"}
+    grid = {0: "batch", 1: "rows", 2: "columns"}
+    images = torch.zeros(1, 3, 4 * ds, 6 * ds)
+    _export(EncoderGraph(model).eval(), images, encoder_path, ("images", "ids"), {"images": spatial, "ids": grid})
+    ids = torch.zeros(1, 4, 6, dtype=torch.int32)
+    _export(DecoderGraph(model).eval(), ids, decoder_path, ("ids", "images"), {"ids": grid, "images": spatial})
+    return encoder_path, decoder_path
 
 
 def parity_frames(downsample: int, limit: int = 6) -> list[np.ndarray]:
@@ -189,13 +204,7 @@ def export_model(ckpt: str | Path, out: str | Path) -> mf.Manifest:
     os.umask(umask)
     staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; the model directory is an ordinary folder
     try:
-        encoder_path, decoder_path = staging / "encoder.onnx", staging / "decoder.onnx"
-        images = torch.zeros(1, 3, 4 * ds, 6 * ds)
-        spatial = {0: "batch", 2: "height", 3: "width"}
-        grid = {0: "batch", 1: "rows", 2: "columns"}
-        _export(EncoderGraph(model).eval(), images, encoder_path, ("images", "ids"), {"images": spatial, "ids": grid})
-        ids = torch.zeros(1, 4, 6, dtype=torch.int32)
-        _export(DecoderGraph(model).eval(), ids, decoder_path, ("ids", "images"), {"ids": grid, "images": spatial})
+        encoder_path, decoder_path = export_graphs(model, staging)
         parity = check_parity(model, encoder_path, decoder_path)
         half = staging / "encoder.fp16.onnx", staging / "decoder.fp16.onnx"
         for src, dst in zip((encoder_path, decoder_path), half, strict=True):
@@ -235,6 +244,10 @@ def export_model(ckpt: str | Path, out: str | Path) -> mf.Manifest:
                 "step": state.get("step"),
             },
             "parity": parity,
+            "gmac_per_megapixel": {
+                part: round(count_macs(path, *MACS_SIZE, downsample=ds).gmac_per_megapixel, 4)
+                for part, path in (("encoder", encoder_path), ("decoder", decoder_path))
+            },
         }
         mf.write_json_atomic(staging / mf.NAME, data)
         _move_into_place(staging, out)

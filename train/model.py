@@ -5,6 +5,9 @@
     ids     B x H/ds x W/ds int32 in [0, K)
 
 The decoder upsamples with nearest resize + 3x3 conv (no ConvTranspose: ONNX Runtime has no INT8 ConvTranspose).
+The stem (ModelConfig.stem) reads the image at full resolution ("conv") or as p x p patches ("s2d", "haar"; see
+stems.py), and the decoder's head mirrors it; ``shortcuts`` adds DC-AE's non-parametric paths around each down- and
+upsampling Conv.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from . import stems
 from .presets import ModelConfig
 from .quantizer import VectorQuantizer
 
@@ -47,17 +51,40 @@ class ResBlock(nn.Module):
         return self.skip(x) + self.body(x)
 
 
+def _stem(cfg: ModelConfig) -> list[nn.Module]:
+    """B x 3 x H x W -> B x widths[0] x H/p x W/p."""
+    if cfg.stem == "s2d":
+        return [nn.PixelUnshuffle(cfg.patch), nn.Conv2d(3 * cfg.patch**2, cfg.widths[0], 3, padding=1)]
+    if cfg.stem == "haar":
+        return [stems.HaarAnalysis(cfg.patch), nn.Conv2d(3 * cfg.patch**2, cfg.widths[0], 3, padding=1)]
+    return [nn.Conv2d(3, cfg.widths[0], 3, padding=1)]
+
+
+def _head(cfg: ModelConfig) -> list[nn.Module]:
+    """B x widths[0] x h x w -> B x 3 x h*p x w*p: the decoder's last Conv writes the image (or its patches)."""
+    if cfg.stem == "s2d":
+        return [nn.Conv2d(cfg.widths[0], 3 * cfg.patch**2, 3, padding=1), nn.PixelShuffle(cfg.patch)]
+    if cfg.stem == "haar":
+        return [stems.HaarHead(cfg.widths[0], cfg.patch)]
+    return [nn.Conv2d(cfg.widths[0], 3, 3, padding=1)]
+
+
+def _strided_conv(in_channels: int, out_channels: int) -> nn.Module:
+    return nn.Conv2d(in_channels, out_channels, 3, stride=2, padding=1)
+
+
 class Encoder(nn.Module):
     """B x 3 x H x W in [-1, 1] -> B x latent_channels x H/ds x W/ds."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         widths = cfg.widths
-        layers: list[nn.Module] = [nn.Conv2d(3, widths[0], 3, padding=1)]
+        layers = _stem(cfg)
         for level, width in enumerate(widths):
             layers += [ResBlock(width, width, cfg.norm) for _ in range(cfg.res_blocks)]
             if level + 1 < len(widths):
-                layers.append(nn.Conv2d(width, widths[level + 1], 3, stride=2, padding=1))
+                down = stems.Downsample if cfg.shortcuts else _strided_conv
+                layers.append(down(width, widths[level + 1]))
         layers += [ResBlock(widths[-1], widths[-1], cfg.norm) for _ in range(cfg.mid_blocks)]
         layers += [
             _norm(cfg.norm, widths[-1]),
@@ -81,11 +108,14 @@ class Decoder(nn.Module):
         for level, width in enumerate(widths):
             layers += [ResBlock(width, width, cfg.norm) for _ in range(cfg.res_blocks)]
             if level + 1 < len(widths):
-                layers += [
-                    nn.Upsample(scale_factor=2, mode="nearest"),
-                    nn.Conv2d(width, widths[level + 1], 3, padding=1),
-                ]
-        layers += [_norm(cfg.norm, widths[-1]), nn.SiLU(), nn.Conv2d(widths[-1], 3, 3, padding=1)]
+                if cfg.shortcuts:
+                    layers.append(stems.Upsample(width, widths[level + 1]))
+                else:  # two entries, as the checkpoints written before the other stems have them
+                    layers += [
+                        nn.Upsample(scale_factor=2, mode="nearest"),
+                        nn.Conv2d(width, widths[level + 1], 3, padding=1),
+                    ]
+        layers += [_norm(cfg.norm, widths[-1]), nn.SiLU(), *_head(cfg)]
         self.layers = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

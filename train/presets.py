@@ -1,6 +1,14 @@
 """Model presets: the one place that says how big each tokenizer is.
 
-tiny  2.0 M parameters, downsample 8, 1024 codes: CPUs and small Jetsons
+tiny  2.0 M parameters, downsample 8, 1024 codes: CPUs and small Jetsons (162 GMAC per megapixel, encoder + decoder)
+
+Candidates for a cheaper tiny, at the same tokens (downsample 8, 1024 codes of dimension 8):
+tiny-s2d        2.2 M, 89 GMAC/MP: 2x2 space-to-depth stem (12 channels at H/2), conv + pixel-shuffle head
+tiny-s2d-dcae   2.2 M, 89 GMAC/MP: tiny-s2d with DC-AE space-to-channel shortcuts around every resolution change
+tiny-haar       2.8 M, 64 GMAC/MP: 2-level Haar wavelet stem (48 channels at H/4, Cosmos' patcher), inverse-Haar head
+tiny-haar-dcae  2.8 M, 64 GMAC/MP: tiny-haar with DC-AE shortcuts
+(stems.py has the layouts; the ModelConfig defaults stay tiny's network, so old checkpoints rebuild it exactly.)
+
 small ~14 M parameters, downsample 8, 4096 codes: a workstation GPU
 base  ~75 M parameters, downsample 16, 16384 codes of dimension 8 behind a 1x1 projection
       (the size of LlamaGen's VQ-16 tokenizer)
@@ -12,6 +20,8 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from .errors import ProvqError
+
+STEMS = ("conv", "s2d", "haar")
 
 
 @dataclass(frozen=True)
@@ -26,11 +36,22 @@ class ModelConfig:
     code_dim: int = 8  # dimension of each codebook vector
     codebook_size: int = 1024  # K: number of codes; ids are int32 in [0, K)
     beta: float = 0.25  # commitment loss weight
+    stem: str = "conv"  # "conv" (full-resolution 3x3 Conv stem and head), "s2d" or "haar"; see the module docstring
+    patch: int = 1  # the stem's patch size p: 1 for "conv"; 2 or 4 for "s2d" and "haar" (widths[0] runs at H/p)
+    shortcuts: bool = False  # DC-AE space-to-channel shortcuts around every down- and upsampling Conv
+
+    def __post_init__(self) -> None:
+        if self.stem not in STEMS:
+            raise ProvqError(f"unknown stem {self.stem!r}: choose one of {', '.join(STEMS)}")
+        if (self.stem == "conv") != (self.patch == 1) or self.patch not in (1, 2, 4):
+            raise ProvqError(f"stem {self.stem!r} with patch {self.patch}: use patch 1 for 'conv', 2 or 4 otherwise")
+        if self.shortcuts and any((4 * a) % b for a, b in zip(self.widths, self.widths[1:], strict=False)):
+            raise ProvqError(f"shortcuts need 4 x each width to be a multiple of the next, got {self.widths}")
 
     @property
     def downsample(self) -> int:
-        """Spatial reduction: an H x W frame becomes an H/downsample x W/downsample grid of ids."""
-        return 2 ** (len(self.widths) - 1)
+        """Spatial reduction: an H x W frame becomes an H/downsample x W/downsample grid of ids (patch x 2^levels)."""
+        return self.patch * 2 ** (len(self.widths) - 1)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain types only (lists, ints, floats, str), so checkpoints load with weights_only=True."""
@@ -53,6 +74,11 @@ class ModelConfig:
 
 PRESETS: dict[str, ModelConfig] = {
     "tiny": ModelConfig(),
+    # Candidates for a cheaper tiny (same tokens: downsample 8, 1024 codes of dimension 8); see the module docstring.
+    "tiny-s2d": ModelConfig(widths=(48, 96, 128), latent_channels=128, stem="s2d", patch=2),
+    "tiny-s2d-dcae": ModelConfig(widths=(48, 96, 128), latent_channels=128, stem="s2d", patch=2, shortcuts=True),
+    "tiny-haar": ModelConfig(widths=(80, 160), latent_channels=160, stem="haar", patch=4),
+    "tiny-haar-dcae": ModelConfig(widths=(80, 160), latent_channels=160, stem="haar", patch=4, shortcuts=True),
     "small": ModelConfig(
         widths=(64, 128, 128, 256),
         res_blocks=2,
