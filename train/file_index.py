@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 
 IMAGE, VIDEO, SHARD = 0, 1, 2
 FORMAT_VERSION = 1
+LOG_INDEX_FROM = 10_000  # indexes of at least this many files are logged at INFO, smaller ones at DEBUG
 
 
 def _pack(strings: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -247,22 +248,22 @@ def index_source(source: str, *, cache_dir: Path | None = None, reindex: bool = 
     cache_dir = default_cache_dir() if cache_dir is None else cache_dir
     file = _cache_file(source, cache_dir)
     if not reindex and (cached := _load_cached(file, source)) is not None:
-        log.info("index of %s: %d files, from the cache %s", source, len(cached), file)
+        level = logging.INFO if len(cached) >= LOG_INDEX_FROM else logging.DEBUG
+        log.log(level, "index of %s: %d files, from the cache %s", source, len(cached), file)
         return cached
     started = time.perf_counter()
     root, rels, kinds, stamps = _scan(source)
     counts = np.fromiter((_count(root, r, k) for r, k in zip(rels, kinds, strict=True)), np.int64, len(rels))
     paths, offsets = _pack(rels)
     index = MediaIndex(source, root, paths, offsets, np.asarray(kinds, dtype=np.int8), counts)
-    unreadable = np.flatnonzero(counts == 0)
-    if len(unreadable):
-        log.warning("index of %s: %d file(s) do not open, e.g. %s", source, len(unreadable), index.path(unreadable[0]))
+    seconds = time.perf_counter() - started
     try:
         _save(file, index, stamps)
-        where = f"cached in {file}"
     except OSError as err:
-        where = f"not cached ({err.strerror}: {file.parent})"
-    log.info("indexed %s: %d files in %.1f s, %s", source, len(index), time.perf_counter() - started, where)
+        log.warning("indexed %s: %d files in %.1f s, not cached (%s: %s)", source, len(index), seconds, err, file)
+        return index
+    level = logging.INFO if len(index) >= LOG_INDEX_FROM else logging.DEBUG
+    log.log(level, "indexed %s: %d files in %.1f s, cached in %s", source, len(index), seconds, file)
     return index
 
 

@@ -297,6 +297,11 @@ class TrainingData:
             raise ProvqError(
                 f"none of the {len(index)} files of {source} open (e.g. {index.path(0)}): are they corrupt?"
             )
+        unreadable = np.flatnonzero(frames.index.counts == 0)
+        if len(unreadable):
+            log.warning(
+                "%s: %d file(s) do not open, e.g. %s", source, len(unreadable), frames.index.path(unreadable[0])
+            )
         return frames
 
     @staticmethod
