@@ -61,6 +61,14 @@ def default_workers() -> int:
     return max(1, min(8, cpus // local - 1))
 
 
+def source_frames(source: str, *, max_video_frames: int = 300) -> list[np.ndarray]:
+    """Every decodable frame of a source (RGB uint8 H x W x 3, index order), in memory: for small evaluation sets."""
+    frames = Frames(index_source(source), max_video_frames)
+    files, positions = _numbered(frames.per_file())
+    decoded = (frames.decode(f, p) for f, p in zip(files.tolist(), positions.tolist(), strict=True))
+    return [f for f in decoded if f is not None]
+
+
 @dataclass(frozen=True)
 class Split:
     """Sample numbers (int64, index order) for training and for validation (already capped)."""
