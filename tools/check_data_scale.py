@@ -10,7 +10,9 @@ reads the memory of the whole process tree (the trainer and its DataLoader worke
 (shared pages counted once per process, an upper bound) and the sum of PSS (shared pages split among the processes
 sharing them: the tree's real footprint). Start-up is the wall time from launching the process to the trainer's log
 line "first optimizer step done". Validation is kept small (32 frames of 64 px) and k-means short (4096 latents) so
-that the runs measure the data path. Prints one JSON object with the machine's CPU count and load; Linux only.
+that the runs measure the data path. On a shared machine the wall time depends on the load, so the CPU seconds the
+process tree used until then (user + system, sampled every 0.2 s) are reported too. Prints one JSON object with
+the machine's CPU count and load; Linux only.
 """
 
 from __future__ import annotations
@@ -87,6 +89,15 @@ def _memory_kib(pid: int) -> tuple[int, int]:
     return values.get("Rss", 0), values.get("Pss", 0)
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of one process so far, 0 if it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def measure(cmd: list[str], env: dict[str, str]) -> dict[str, float]:
     """Run ``cmd``; peak memory of its process tree and seconds to the first optimizer step."""
     started = time.perf_counter()
@@ -103,8 +114,11 @@ def measure(cmd: list[str], env: dict[str, str]) -> dict[str, float]:
     reader = threading.Thread(target=read_stderr, daemon=True)
     reader.start()
     peak_rss = peak_pss = peak_procs = 0
+    cpu_to_first = 0.0
     while proc.poll() is None:
         tree = _tree(proc.pid)
+        if not first:
+            cpu_to_first = sum(_cpu_seconds(pid) for pid in tree)
         memory = [_memory_kib(pid) for pid in tree]
         peak_rss = max(peak_rss, sum(m[0] for m in memory))
         peak_pss = max(peak_pss, sum(m[1] for m in memory))
@@ -116,6 +130,7 @@ def measure(cmd: list[str], env: dict[str, str]) -> dict[str, float]:
         raise SystemExit(f"provq-train failed ({proc.returncode}):\n{''.join(log)[-3000:]}{stdout}")
     return {
         "seconds_to_first_step": round(first[0], 1),
+        "cpu_seconds_to_first_step": round(cpu_to_first, 1),
         "seconds_total": round(time.perf_counter() - started, 1),
         "peak_tree_pss_mib": round(peak_pss / 1024, 1),
         "peak_tree_rss_mib": round(peak_rss / 1024, 1),

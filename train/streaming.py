@@ -35,6 +35,7 @@ import logging
 import math
 import multiprocessing
 import os
+import signal
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -217,6 +218,11 @@ class StepSampler(torch.utils.data.Sampler):
             step += 1
 
 
+def _worker_init(_worker_id: int) -> None:
+    """Ctrl-C reaches the whole process group: the trainer checkpoints and stops, the workers must not die first."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 @dataclass
 class DataCounts:
     """What this process's reading met so far."""
@@ -389,6 +395,7 @@ class TrainingData:
             collate_fn=collate,
             pin_memory=device.type == "cuda",
             multiprocessing_context=self._context(),
+            worker_init_fn=_worker_init if self.workers else None,
         )
         iterator = iter(loader)
         try:
