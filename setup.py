@@ -28,7 +28,9 @@ BASE = [
 
 EXTRAS = {
     # Workstation side: training, the study and ONNX export. Any torch >= 2.4 works; CI pins torch==2.13.0.
-    "train": ["torch>=2.4", "tqdm>=4.60", "onnx>=1.15"],
+    # wids (the WebDataset project's indexed tar reader) gives random access to tar shards; braceexpand expands
+    # shard patterns such as shards/{000000..000099}.tar.
+    "train": ["torch>=2.4", "tqdm>=4.60", "onnx>=1.15", "wids>=0.1.11", "braceexpand>=0.1.7"],
     # What a Jetson needs beyond the base: CUDA bindings for the TensorRT backend, zstd for token streams.
     "edge": ["cuda-python>=12.0", "zstandard>=0.21"],
     # The training study's peers (vector-quantize-pytorch's VectorQuantize and FSQ) and its plot.

@@ -32,7 +32,7 @@ from provq.calibration.report import session
 from provq.edge_runtime import manifest as mf
 from provq.edge_runtime.preprocess import prepare, resize_to
 from provq.train import checkpoint
-from provq.train.data import list_media, read_image, sample_dir
+from provq.train.data import IMAGE_EXTENSIONS, read_image, sample_dir
 from provq.train.errors import ProvqError
 from provq.train.model import Tokenizer
 
@@ -94,7 +94,7 @@ def export_graphs(model: Tokenizer, directory: Path) -> tuple[Path, Path]:
 
 def parity_frames(downsample: int, limit: int = 6) -> list[np.ndarray]:
     """Real frames for the parity check: sample photos at most PARITY_SIZE on the longer side, as 1 x 3 x H x W."""
-    images, _ = list_media(sample_dir() / "images")
+    images = sorted(p for p in (sample_dir() / "images").iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
     frames = []
     for path in images[:limit]:
         rgb = read_image(path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -20,6 +21,14 @@ def _write_resized(images: dict[str, np.ndarray], folder: Path, side: int) -> Pa
         small = cv2.resize(rgb, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
         cv2.imwrite(str(folder / f"{name}.png"), cv2.cvtColor(small, cv2.COLOR_RGB2BGR))
     return folder
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _index_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """File indexes are cached in a temporary folder (subprocesses inherit it), not in the user's ~/.cache."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -68,8 +68,24 @@ def test_corrupt_video(tmp_path: Path) -> None:
     )
 
 
-def test_crop_larger_than_images(photo_dir: Path, tmp_path: Path) -> None:
-    assert_user_error(provq_train("--data", str(photo_dir), "--crop", "256", "--out", str(tmp_path / "o")), "--crop")
+def test_frames_smaller_than_the_crop_are_upscaled(photo_dir: Path, tmp_path: Path) -> None:
+    args = [*FAST, "--steps", "2", "--warmup-steps", "1", "--transition-steps", "1"]
+    done = provq_train("--data", str(photo_dir), *args, "--crop", "128", "--out", str(tmp_path / "o"))
+    assert done.returncode == 0, done.stderr
+    summary = [line for line in done.stderr.splitlines() if line.startswith("data:")]
+    # the 96 px photos are upscaled for every crop of the 2 steps x 2 slots and the k-means batch of 32
+    assert summary == ["data: upscaled 36 frame(s) smaller than --crop 128"]
+
+
+def test_missing_shard(tmp_path: Path) -> None:
+    done = provq_train("--data", str(tmp_path / "shards" / "{000..003}.tar"), "--out", str(tmp_path / "o"))
+    assert_user_error(done, "000.tar does not exist", "4 of 4 missing")
+
+
+def test_negative_workers(photo_dir: Path, tmp_path: Path) -> None:
+    assert_user_error(
+        provq_train("--data", str(photo_dir), "--workers", "-1", "--out", str(tmp_path / "o")), "--workers"
+    )
 
 
 def test_crop_not_a_multiple_of_downsample(photo_dir: Path, tmp_path: Path) -> None:

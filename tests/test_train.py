@@ -32,6 +32,7 @@ def _fast(photo_dir: Path, out: Path, **overrides: object) -> TrainConfig:
         val_size=64,
         eval_every=6,
         device="cpu",
+        workers=0,
         progress=False,
     )
     return replace(cfg, **overrides)
@@ -64,7 +65,7 @@ def test_kmeans_initialises_codebook_from_warmed_latents(photo_dir: Path, tmp_pa
     trainer.init_codebook()
     after = trainer.model.quantizer.codebook.detach()
     assert bool(trainer.model.quantizer.initialized) and not torch.equal(before, after)
-    x = trainer.sampler.batch(0, 4)
+    x = trainer.data.batch(0, 4)
     with torch.no_grad():
         ids = trainer.model.encode(x)
     # k-means centroids lie among the latents: a batch already uses many distinct codes, unlike a random codebook
@@ -72,11 +73,16 @@ def test_kmeans_initialises_codebook_from_warmed_latents(photo_dir: Path, tmp_pa
 
 
 def test_resume_continues_exactly(photo_dir: Path, tmp_path: Path) -> None:
-    whole = Trainer(_fast(photo_dir, tmp_path / "whole"))
+    whole = Trainer(_fast(photo_dir, tmp_path / "whole", batch_size=3))
+    epoch = whole.data.shard_size
+    assert epoch < 12 * 3 and (6 * 3) % epoch != 0  # several epochs, and step 6 stops in the middle of one
     whole.run()
-    first = Trainer(_fast(photo_dir, tmp_path / "split", stop_at=6))  # stops inside the transition
+    # the interrupted run reads through 2 DataLoader workers, the uninterrupted one in-process
+    first = Trainer(_fast(photo_dir, tmp_path / "split", batch_size=3, stop_at=6, workers=2))  # in the transition
     first.run()
-    resumed = Trainer(_fast(photo_dir, tmp_path / "split", resume=str(tmp_path / "split" / "last.pt")))
+    resumed = Trainer(
+        _fast(photo_dir, tmp_path / "split", batch_size=3, workers=2, resume=str(tmp_path / "split" / "last.pt"))
+    )
     assert resumed.step == 6 and resumed.schedule == whole.schedule
     resumed.run()
     for (name, a), b in zip(whole.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
@@ -98,7 +104,7 @@ def test_hard_baseline_starts_quantized(photo_dir: Path, tmp_path: Path) -> None
     cfg = _fast(photo_dir, tmp_path / "hard", schedule="hard", warmup_steps=None, transition_steps=None, steps=3)
     trainer = Trainer(cfg)
     assert bool(trainer.model.quantizer.initialized) and trainer.schedule.alpha(0) == 0.0
-    result = trainer.train_step(trainer.sampler.batch(0, 4))
+    result = trainer.train_step(trainer.data.batch(0, 4))
     assert result is not None and result["ids"] is not None
 
 
@@ -122,10 +128,10 @@ def test_non_finite_steps_are_skipped_and_counted(
     trainer = Trainer(_fast(photo_dir, tmp_path / "nan", steps=8, warmup_steps=2, transition_steps=2))
     weights = trainer.model.encoder.layers[0].weight.detach().clone()
     trainer.step = 0
-    trainer.train_step(trainer.sampler.batch(0, 4))
+    trainer.train_step(trainer.data.batch(0, 4))
     after_good = trainer.model.encoder.layers[0].weight.detach().clone()
     assert not torch.equal(weights, after_good)
-    assert trainer.train_step(trainer.sampler.batch(1, 4)) is None  # NaN: skipped, weights untouched
+    assert trainer.train_step(trainer.data.batch(1, 4)) is None  # NaN: skipped, weights untouched
     assert torch.equal(trainer.model.encoder.layers[0].weight.detach(), after_good)
     trainer.step = 0
     calls["n"] = 0
@@ -180,3 +186,10 @@ def test_two_process_gloo_run_keeps_ranks_identical(photo_dir: Path, tmp_path: P
     assert models[0] == models[1]
     state = checkpoint.load(out / "last.pt")
     assert bool(state["model"]["quantizer.initialized"])
+    # the ranks read disjoint halves of the training samples, and together all of them
+    reads = metrics["rank_data"]
+    assert [r["rank"] for r in reads] == [0, 1]
+    train_samples = reads[0]["train_samples"]
+    read = [set(r["read_first"]) for r in reads]
+    assert all(len(ids) == r["distinct_read"] == r["shard_samples"] for ids, r in zip(read, reads, strict=True))
+    assert not read[0] & read[1] and read[0] | read[1] == set(range(train_samples))

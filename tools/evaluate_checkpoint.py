@@ -15,8 +15,8 @@ import sys
 import torch
 
 from provq.train.checkpoint import load_tokenizer
-from provq.train.data import list_media, read_image, read_video
 from provq.train.errors import ProvqError
+from provq.train.streaming import source_frames
 from provq.train.trainer import evaluate
 
 
@@ -28,9 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         model = load_tokenizer(args.checkpoint)
-        images, videos = list_media(args.data)
-        frames = [f for f in (read_image(p) for p in images) if f is not None]
-        frames += [f for v in videos for f in read_video(v, 300)]
+        frames = source_frames(args.data, max_video_frames=300)
         if not frames:
             raise ProvqError(f"no decodable frames in {args.data}")
         result = evaluate(model, frames, size=args.size, device=torch.device("cpu"))

@@ -4,6 +4,7 @@ Examples:
     provq-train --data sample --preset tiny --steps 300 --out runs/tiny
     provq-train --data ~/photos --preset tiny --steps 3000 --crop 64 --out runs/photos
     provq-train --data clip.mp4 --schedule hard --steps 300 --out runs/hard        # the baseline
+    provq-train --data 'shards/{000000..000099}.tar' --workers 8 --steps 100000 --out runs/big
     provq-train --data ~/photos --steps 6000 --out runs/photos --resume runs/photos/last.pt
     torchrun --nproc-per-node 4 -m provq.train.cli --data /data/frames --preset small --device cuda --out runs/s
 """
@@ -35,9 +36,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--data",
         default=d.data,
-        help="folder of images/videos, one video file, or 'sample' (default: %(default)s)",
+        help="folder of images/videos (recursive), one image or video file, WebDataset tar shards "
+        "('shards/{000000..000099}.tar'), or 'sample' (default: %(default)s)",
     )
-    p.add_argument("--val", default=None, help="validation folder/file (default: hold out part of --data)")
+    p.add_argument("--val", default=None, help="validation folder/file/shards (default: hold out part of --data)")
+    p.add_argument(
+        "--val-frames",
+        type=int,
+        default=d.val_frames,
+        help="at most this many validation frames, spread evenly (default: %(default)s)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="DataLoader processes decoding frames, per rank; 0 = in the training process "
+        "(default: the CPUs per rank less one, 1 to 8)",
+    )
+    p.add_argument(
+        "--max-video-frames",
+        type=int,
+        default=d.max_video_frames,
+        help="frames sampled evenly from each video (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-bad-fraction",
+        type=float,
+        default=d.max_bad_fraction,
+        help="stop once more than this share of file reads failed to decode (default: %(default)s)",
+    )
+    p.add_argument(
+        "--index-cache",
+        default=None,
+        help="folder for cached file indexes (default: $XDG_CACHE_HOME/provq/index or ~/.cache/provq/index)",
+    )
+    p.add_argument("--reindex", action="store_true", help="rebuild the file index even if the cached one is valid")
     p.add_argument("--out", default=d.out, help="output folder for last.pt and metrics.json (default: %(default)s)")
     p.add_argument("--preset", default=d.preset, choices=list(PRESETS), help="model size (default: %(default)s)")
     p.add_argument("--steps", type=int, default=d.steps, help="total optimizer steps (default: %(default)s)")

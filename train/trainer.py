@@ -29,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from . import checkpoint, distributed, peer_quantizers
-from .data import CropSampler, center_crop, check_crop, load_splits, to_tensor
+from .data import center_crop, check_crop, to_tensor
 from .errors import ProvqError
 from .int8_sim import half_code_spacing, simulated_int8
 from .losses import (
@@ -44,6 +44,7 @@ from .model import Tokenizer
 from .presets import ModelConfig, preset
 from .quantizer import margin_loss
 from .schedule import Schedule
+from .streaming import TrainingData
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,12 @@ class TrainConfig:
     kmeans_points: int = 0  # latent vectors for the k-means init over all ranks; 0 = 20 x codebook size
     val_size: int = 256  # validation frames are centre-cropped to at most this size
     val_fraction: float = 0.15  # share of --data held out for validation when --val is not given
+    val_frames: int = 256  # at most this many validation frames (spread evenly), decoded once and kept in memory
     max_video_frames: int = 300  # frames sampled evenly from each video
+    workers: int | None = None  # DataLoader worker processes per rank; None: streaming.default_workers()
+    index_cache: str | None = None  # folder for cached file indexes; None: file_index.default_cache_dir()
+    reindex: bool = False  # rebuild the file index even if the cached one looks valid
+    max_bad_fraction: float = 0.1  # stop once more than this share of decode attempts failed (after 100)
     eval_every: int = 100  # validation metrics every this many steps (and at the end)
     checkpoint_every: int = 500  # last.pt every this many steps (and at the end)
     max_nan_steps: int = 20  # stop after this many non-finite steps in a row
@@ -208,6 +214,7 @@ class Trainer:
     """Holds the state of one run; ``run()`` trains to ``cfg.steps`` and returns the final metrics."""
 
     def __init__(self, cfg: TrainConfig) -> None:
+        self.started = time.perf_counter()
         self.cfg = cfg
         self.ctx = distributed.setup(cfg.device)
         self.out = Path(cfg.out)
@@ -255,10 +262,25 @@ class Trainer:
                 f"{cfg.int8_weight} and {cfg.margin}"
             )
         torch.manual_seed(self.seed)
-        splits = load_splits(cfg.data, cfg.val, val_fraction=cfg.val_fraction, max_video_frames=cfg.max_video_frames)
-        check_crop(splits.train, cfg.crop, self.model_cfg.downsample)
-        self.val_frames = splits.val
-        self.sampler = CropSampler(splits.train, cfg.crop, seed=self.seed, rank=self.ctx.rank)
+        check_crop(cfg.crop, self.model_cfg.downsample)
+        self.data = TrainingData(
+            cfg.data,
+            cfg.val,
+            crop=cfg.crop,
+            multiple=self.model_cfg.downsample,
+            seed=self.seed,
+            rank=self.ctx.rank,
+            world_size=self.ctx.world_size,
+            workers=cfg.workers,
+            val_size=cfg.val_size,
+            val_fraction=cfg.val_fraction,
+            val_frames=cfg.val_frames,
+            max_video_frames=cfg.max_video_frames,
+            max_bad_fraction=cfg.max_bad_fraction,
+            cache_dir=Path(cfg.index_cache) if cfg.index_cache else None,
+            reindex=cfg.reindex,
+        )
+        self.val_frames = self.data.val_frames
         peer = None if self.quantizer_kind == "vq" else peer_quantizers.build(self.quantizer_kind, self.model_cfg)
         self.model = Tokenizer(
             self.model_cfg, restart_dead_codes_every=cfg.restart_dead_codes_every, quantizer=peer
@@ -341,16 +363,26 @@ class Trainer:
         k = self.model_cfg.codebook_size
         total = self.cfg.kmeans_points or 20 * k
         per_rank = -(-total // self.ctx.world_size)
-        chunks, have, i = [], 0, 0
-        while have < per_rank:  # batches of at least 32 crops: few forward passes even at a small --batch-size
-            x = self.sampler.batch(i, max(32, self.cfg.batch_size), stream=1).to(self.ctx.device)
+        chunks, have = [], 0
+        # batches of at least 32 crops: few forward passes even at a small --batch-size
+        crops_per_batch = max(32, self.cfg.batch_size)
+        latents_per_batch = crops_per_batch * (self.cfg.crop // self.model_cfg.downsample) ** 2
+        batches = self.data.batches(
+            0, crops_per_batch, stream=1, stop=-(-per_rank // latents_per_batch), device=self.ctx.device
+        )
+        for x in batches:
+            self._check_data()
             z = self.model.latents(x).float().permute(0, 2, 3, 1).reshape(-1, self.model_cfg.code_dim)
             chunks.append(z)
             have += z.shape[0]
-            i += 1
         latents = torch.cat(chunks)[:per_rank]
         self.model.quantizer.init_from_latents(latents, seed=self.seed)
         log.info("codebook initialised by k-means on %d warmed-up latents", latents.shape[0] * self.ctx.world_size)
+
+    def _check_data(self) -> None:
+        """Stop every rank with the one-line reason when any rank's data crossed the bad-file thresholds."""
+        if distributed.any_rank(self.data.error is not None, self.ctx.device):
+            raise ProvqError(self.data.error or "another process stopped on unreadable training data (see its message)")
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.ctx.device.type == "cuda":
@@ -430,15 +462,23 @@ class Trainer:
             mininterval=1.0,
             file=sys.stderr,
         )
-        with _catch_stop_signals() as received:
-            while self.step < min(cfg.steps, cfg.stop_at or cfg.steps):
+        stop = min(cfg.steps, cfg.stop_at or cfg.steps)
+        batches = self.data.batches(self.step, cfg.batch_size, stop=stop, device=self.ctx.device)
+        first_step = self.step
+        with _catch_stop_signals() as received, contextlib.closing(batches):
+            while self.step < stop:
                 if distributed.any_rank(bool(received), self.ctx.device):
                     self.save()
                     raise Stopped(received[0] if received else signal.SIGTERM, self.step, self.ckpt_path)
                 if self.step == self.schedule.kmeans_step and not bool(self.model.quantizer.initialized):
                     self.init_codebook()
-                x = self.sampler.batch(self.step, cfg.batch_size).to(self.ctx.device)
+                x = next(batches)
+                self._check_data()
                 result = self.train_step(x)
+                if self.step == first_step and self.ctx.is_main:
+                    log.info(
+                        "first optimizer step done %.1f s after the trainer started", time.perf_counter() - self.started
+                    )
                 if result is None:
                     self.nan_steps += 1
                     in_a_row += 1
@@ -469,6 +509,7 @@ class Trainer:
                 if self.step % cfg.checkpoint_every == 0 or self.step in (cfg.steps, cfg.stop_at):
                     self.save()
         bar.close()
+        data_report = self._data_report()
         seconds = time.perf_counter() - started
         final = self.history[-1] if self.history and self.history[-1]["step"] == self.step else self._evaluate()
         metrics = {
@@ -480,12 +521,24 @@ class Trainer:
             "world_size": self.ctx.world_size,
             "nan_steps_skipped": self.nan_steps,
             "rank_sha256": _rank_digests(self.model, self.ctx),
+            "rank_data": data_report,
             "history": self.history,
         }
         if self.ctx.is_main:
             _write_json(self.out / "metrics.json", metrics)
         distributed.barrier()
         return metrics
+
+    def _data_report(self) -> list[dict[str, Any]]:
+        """Every rank's data report (streaming.TrainingData.report), with one summary line per rank if it skipped or
+        upscaled files."""
+        if (line := self.data.summary()) is not None:
+            log.warning("%s%s", f"rank {self.ctx.rank}: " if self.ctx.world_size > 1 else "", line)
+        reports: list[Any] = [self.data.report()]
+        if distributed.is_distributed():
+            reports = [None] * self.ctx.world_size
+            torch.distributed.all_gather_object(reports, self.data.report())
+        return reports
 
     def _evaluate(self) -> dict[str, float]:
         """Validation metrics computed on rank 0, shared with every rank and appended to the history."""
