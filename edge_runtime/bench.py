@@ -408,9 +408,12 @@ def time_calls(backend: Backend, clip: Clip, warmup: int) -> tuple[dict[str, lis
 
 
 def stream_bytes(
-    ids: np.ndarray, manifest: Manifest, clip: Clip, *, delta: bool, codec: str = "ctx"
+    ids: np.ndarray, manifest: Manifest, clip: Clip, *, delta: bool, codec: str = "ctx", times: dict | None = None
 ) -> tuple[float, float]:
-    """N x h x w ids written as a real token stream -> (chunk bytes per frame, raw packed bytes per frame)."""
+    """N x h x w ids written as a real token stream -> (chunk bytes per frame, raw packed bytes per frame).
+
+    ``times``, when given, receives the ms per frame of writing (``write_ms``: coding included) and of reading the
+    whole stream back (``read_ms``: decoding and checking)."""
     header = StreamHeader(
         codebook_sha256=manifest.codebook_sha256, codebook_size=manifest.codebook_size, grid_height=ids.shape[1],
         grid_width=ids.shape[2], fps=clip.fps, delta=delta, codec=codec, **dataclasses.asdict(clip.geometry),
@@ -418,10 +421,15 @@ def stream_bytes(
     frame_ms = 1000.0 / clip.fps if clip.fps > 0 else 0.0
     with tempfile.TemporaryDirectory(prefix="provq-bench-") as folder:
         path = Path(folder) / "bench.ptok"
+        t0 = time.perf_counter()
         with TokenStreamWriter(path, header, frames_per_chunk=FRAMES_PER_CHUNK, fsync=False) as writer:
             for i, frame_ids in enumerate(ids):
                 writer.write(frame_ids, i * frame_ms)
+        t1 = time.perf_counter()
         stats = stream_stats(path, expect_codebook_sha256=manifest.codebook_sha256)
+        if times is not None:
+            times["write_ms"] = (t1 - t0) * 1e3 / len(ids)
+            times["read_ms"] = (time.perf_counter() - t1) * 1e3 / len(ids)
     return (stats.total_bytes - stats.header_bytes) / stats.frames, stats.raw_bits_per_frame / 8
 
 
@@ -572,8 +580,8 @@ def codec_baselines(frames: Sequence[np.ndarray], target: float) -> list[dict[st
 def video_section(manifest: Manifest, clip: Clip, config: BenchConfig) -> dict[str, Any]:
     """{"points": the tokenizer's rate-distortion points, "h264": H.264 matched to each point's bytes per frame}."""
 
-    def chunk_bytes(ids: np.ndarray, codec: str) -> float:
-        return stream_bytes(ids, manifest, clip, delta=True, codec=codec)[0]
+    def chunk_bytes(ids: np.ndarray, codec: str, times: dict) -> float:
+        return stream_bytes(ids, manifest, clip, delta=True, codec=codec, times=times)[0]
 
     points = tokenizer_points(manifest, clip, config.stable_margins, config.threads, chunk_bytes)
     h264 = [h264_baseline(clip.references, clip.fps, p["bytes_per_frame"]) for p in points]

@@ -20,7 +20,8 @@ from typing import Any
 ROW_HEADERS = ("backend", "precision", "status", "enc ms", "dec ms", "rt ms", "±IQR", "fps", "PSNR dB", "SSIM",
                "agree", "B/frame", "plain", "x fp32")  # fmt: skip
 CODEC_HEADERS = ("codec", "quality", "B/frame", "x target", "PSNR dB", "SSIM", "enc ms", "dec ms")
-RD_HEADERS = ("tokenizer", "B/frame", "PSNR dB", "SSIM", "changed ids", "H.264 B/frame", "H.264 PSNR dB")
+RD_HEADERS = ("tokenizer", "B/frame", "PSNR dB", "SSIM", "changed ids", "write ms", "read ms", "H.264 B/frame",
+              "H.264 PSNR dB")  # fmt: skip
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -72,7 +73,8 @@ def rd_cells(report: dict[str, Any]) -> list[list[str]]:
         ok = h["status"] == "ok"
         cells.append([
             p["setting"], _fmt(p["bytes_per_frame"], ".0f"), _fmt(p["psnr_db"], ".2f"), _fmt(p["ssim"], ".4f"),
-            _fmt(p["changed_ids_per_frame"], ".0f"), _fmt(h["bytes_per_frame"], ".0f") if ok else h["status"],
+            _fmt(p["changed_ids_per_frame"], ".0f"), _fmt(p["write_ms"], ".1f"), _fmt(p["read_ms"], ".1f"),
+            _fmt(h["bytes_per_frame"], ".0f") if ok else h["status"],
             _fmt(h["psnr_db"], ".2f") if ok else "-",
         ])  # fmt: skip
     return cells

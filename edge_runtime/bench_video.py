@@ -8,7 +8,8 @@ averaged, as the bench rows score):
     zlib        the version-1 coding (zlib over the previous-frame delta), the nearest-code ids
     ctx         the same ids context-coded (.ptok version 2): the same frames, fewer bytes
     stable M    ids with stable tokens at margin M (refreshed every FRAMES_PER_CHUNK frames), context-coded
-Bytes per frame are chunk bytes of a real token stream (header excluded), 30 frames a chunk.
+Bytes per frame are chunk bytes of a real token stream (header excluded), 30 frames a chunk; ``write_ms`` and
+``read_ms`` are the ms per frame that writing the stream (id coding included) and reading it back took.
 
 H.264: libx264 through PyAV (``av``, optional: ``pip install av``), yuv420p, preset medium, a keyframe every
 FRAMES_PER_CHUNK frames (as self-contained as a token chunk), average bit rate mode at target bytes x 8 x fps; the
@@ -123,7 +124,8 @@ def tokenizer_points(
 ) -> list[dict[str, Any]]:
     """The tokenizer's (bytes per frame, PSNR) points on ``clip`` (bench.Clip): zlib, ctx and one per margin.
 
-    ``stream_bytes(ids, codec)`` gives the chunk bytes per frame of N x h x w ids written as a stream."""
+    ``stream_bytes(ids, codec, times)`` gives the chunk bytes per frame of N x h x w ids written as a stream and
+    puts the ms per frame of writing and reading it into ``times`` (``write_ms``, ``read_ms``)."""
     backend = OnnxRuntimeBackend(manifest, "fp32", threads=threads, latents=True)
     try:
         codebook = load_codebook(manifest)
@@ -134,19 +136,18 @@ def tokenizer_points(
             latents += list(z)
         ids = np.stack(nearest).astype(np.int32)
         quality = _score(backend, ids, clip.references)
-        points = [
-            {"setting": name, "codec": name, "margin": None, "bytes_per_frame": stream_bytes(ids, name),
-             "psnr_db": quality[0], "ssim": quality[1], "changed_ids_per_frame": _changed(ids)}
-            for name in ("zlib", "ctx")
-        ]  # fmt: skip
+        settings = [("zlib", "zlib", None, ids, quality), ("ctx", "ctx", None, ids, quality)]
         for margin in margins:
             stable = StableTokens(codebook, margin)
             pairs = enumerate(zip(ids, latents, strict=True))
             held = np.stack([stable.step(i, z, t % FRAMES_PER_CHUNK == 0) for t, (i, z) in pairs])
-            p, s = _score(backend, held, clip.references)
-            points.append({"setting": f"stable {margin:g}", "codec": "ctx", "margin": margin,
-                           "bytes_per_frame": stream_bytes(held, "ctx"), "psnr_db": p, "ssim": s,
-                           "changed_ids_per_frame": _changed(held)})  # fmt: skip
+            settings.append((f"stable {margin:g}", "ctx", margin, held, _score(backend, held, clip.references)))
+        points = []
+        for name, codec, margin, planes, (p, s) in settings:
+            times: dict[str, float] = {}
+            size = stream_bytes(planes, codec, times)
+            points.append({"setting": name, "codec": codec, "margin": margin, "bytes_per_frame": size, "psnr_db": p,
+                           "ssim": s, "changed_ids_per_frame": _changed(planes), **times})  # fmt: skip
         return points
     finally:
         backend.close()

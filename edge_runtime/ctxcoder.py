@@ -37,17 +37,24 @@ CANDIDATES = 6  # delta: [before last change, last follower, left, up, right, do
 Q_BITS = 12  # fixed-point bits of a cell's change probability
 HIGH_BITS = 12  # escaped ids: at most this many high bits go through the adaptive table, the rest are uniform
 MASK_CONTEXTS = 4 * 3 * 2 * 4 * 3  # phase, decoded neighbours changed, changed last frame, activity, neighbours last
-CAND_CONTEXTS = 20 + 15  # delta: 4 validity patterns x 5 neighbour counts; keyframe: phases 1-3 x 5
+CAND_CONTEXTS = 20 + 30  # delta: 4 validity patterns x 5 neighbour counts; keyframe: passes 1-6 x 5
 MASK_PRIOR = (12, 1)  # initial (unchanged, changed) counts of every mask context
 MASK_LIMIT = 1 << 12  # halve a mask context's counts when their sum exceeds this
 CAND_LIMIT = 1 << 10
-ESC_LIMIT = 1 << 15
+ESC_LIMIT = 1 << 20
 _PHASES = ((0, 0), (0, 1), (1, 0), (1, 1))  # (row parity, column parity) of phases 0-3
-_KEY_NEIGHBOURS = {  # keyframe candidates of phases 1-3 (offsets of cells decoded in earlier phases)
-    1: ((0, -1), (0, 1)),
-    2: ((-1, 0), (1, 0), (-1, -1), (-1, 1)),
-    3: ((0, -1), (0, 1), (-1, 0), (1, 0)),
-}
+_KEY_NEIGHBOURS = ((0, -1), (0, 1)), ((-1, 0), (1, 0), (-1, -1), (-1, 1)), ((0, -1), (0, 1), (-1, 0), (1, 0))
+# keyframe passes: (row, column) residues mod 4 of the cells, the offsets of their candidates (cells of earlier
+# passes); the first pass (every 4th row and column) has none: its ids are escapes
+_KEY_PASSES = (
+    (((0, 0),), ()),
+    (((0, 2),), tuple((2 * r, 2 * c) for r, c in _KEY_NEIGHBOURS[0])),
+    (((2, 0),), tuple((2 * r, 2 * c) for r, c in _KEY_NEIGHBOURS[1])),
+    (((2, 2),), tuple((2 * r, 2 * c) for r, c in _KEY_NEIGHBOURS[2])),
+    (((0, 1), (0, 3), (2, 1), (2, 3)), _KEY_NEIGHBOURS[0]),
+    (((1, 0), (1, 2), (3, 0), (3, 2)), _KEY_NEIGHBOURS[1]),
+    (((1, 1), (1, 3), (3, 1), (3, 3)), _KEY_NEIGHBOURS[2]),
+)
 _DELTA_NEIGHBOURS = ((0, -1), (-1, 0), (0, 1), (1, 0))
 
 
@@ -127,9 +134,13 @@ def _shared_cdf(counts: np.ndarray) -> np.ndarray:
 
 
 def _halve(counts: np.ndarray, limit: int) -> None:
-    """Rows of ``counts`` whose sum exceeds ``limit`` become (c + 1) div 2, in place."""
+    """Rows of ``counts`` (or the whole 1-D table) whose sum exceeds ``limit`` become (c + 1) div 2, in place."""
+    if counts.ndim == 1:
+        if counts.sum() > limit:
+            counts[:] = (counts + 1) // 2
+        return
     big = counts.sum(-1) > limit
-    if np.any(big):
+    if big.any():
         counts[big] = (counts[big] + 1) // 2
 
 
@@ -177,7 +188,10 @@ class _ChunkModel:
         self.io = io
         rows, cols = np.divmod(np.arange(self.h * self.w), self.w)
         self.rows, self.cols = rows, cols
-        self.phases = [np.flatnonzero((rows % 2 == pr) & (cols % 2 == pc)) for pr, pc in _PHASES]
+        self.key_passes = [
+            (np.flatnonzero(np.isin((rows % 4) * 4 + cols % 4, [r * 4 + c for r, c in residues])), offsets)
+            for residues, offsets in _KEY_PASSES
+        ]
         bh, bw = -(-self.h // 2), -(-self.w // 2)  # the change mask is coded in 2 x 2 blocks
         br, bc = np.divmod(np.arange(bh * bw), bw)
         self.block_phases = [np.flatnonzero((br % 2 == pr) & (bc % 2 == pc)) for pr, pc in _PHASES]
@@ -191,7 +205,7 @@ class _ChunkModel:
         self.follow_to = np.zeros(0, dtype=np.int64)  # ... and the id that last replaced each of them
         self.mask = np.tile(np.array(MASK_PRIOR, dtype=np.int64), (MASK_CONTEXTS, 1))
         self.cand = np.ones((CAND_CONTEXTS, CANDIDATES + 1), dtype=np.int64)
-        self.esc = [np.ones(((codebook_size - 1) >> self.shift) + 1, dtype=np.int64) for _ in range(2)]
+        self.esc = np.ones(((codebook_size - 1) >> self.shift) + 1, dtype=np.int64)  # escaped ids' counts
 
     def frame(self, keyframe: bool, ids: np.ndarray | None) -> np.ndarray:
         """Code one frame (ids flat int64, or None to decode it); returns the frame's ids."""
@@ -206,18 +220,17 @@ class _ChunkModel:
     def _keyframe(self, ids: np.ndarray | None) -> np.ndarray:
         out = np.full(self.h * self.w, -1, dtype=np.int64)
         plane = out.reshape(self.h, self.w)
-        for phase, cells in enumerate(self.phases):
+        for index, (cells, offsets) in enumerate(self.key_passes):
             if not cells.size:
                 continue
-            if phase == 0:
-                out[cells] = self._escapes(None if ids is None else ids[cells], 0, cells.size)
+            if not offsets:
+                out[cells] = self._escapes(None if ids is None else ids[cells], cells.size)
                 continue
             cand = np.full((cells.size, CANDIDATES), -1, dtype=np.int64)
-            offsets = _KEY_NEIGHBOURS[phase]
             cand[:, 2 : 2 + len(offsets)] = _gather(plane, self.rows[cells], self.cols[cells], offsets)
             cand = _dedup(cand, None)
-            ctx = 20 + (phase - 1) * 5 + (cand[:, 2:] >= 0).sum(1)
-            out[cells] = self._candidates(None if ids is None else ids[cells], cand, ctx, 0)
+            ctx = 20 + (index - 1) * 5 + (cand[:, 2:] >= 0).sum(1)
+            out[cells] = self._candidates(None if ids is None else ids[cells], cand, ctx)
         return out
 
     def _delta(self, ids: np.ndarray | None) -> np.ndarray:
@@ -253,7 +266,7 @@ class _ChunkModel:
             cand[:, 2:] = _gather(prev.reshape(self.h, self.w), self.rows[cells], self.cols[cells], _DELTA_NEIGHBOURS)
             cand = _dedup(cand, prev[cells])
             ctx = ((cand[:, 0] >= 0) * 2 + (cand[:, 1] >= 0)) * 5 + (cand[:, 2:] >= 0).sum(1)
-            out[cells] = self._candidates(None if ids is None else ids[cells], cand, ctx, 1)
+            out[cells] = self._candidates(None if ids is None else ids[cells], cand, ctx)
             if (out[cells] == prev[cells]).any():
                 raise CoderError("a changed cell decoded to its previous id")
         self._learn(prev, out, cells, changed)
@@ -277,7 +290,7 @@ class _ChunkModel:
         at = np.minimum(np.searchsorted(self.follow_from, ids), self.follow_from.size - 1)
         return np.where(self.follow_from[at] == ids, self.follow_to[at], -1)
 
-    def _candidates(self, ids: np.ndarray | None, cand: np.ndarray, ctx: np.ndarray, table: int) -> np.ndarray:
+    def _candidates(self, ids: np.ndarray | None, cand: np.ndarray, ctx: np.ndarray) -> np.ndarray:
         """Candidate symbols for ``ids`` (n), then their escapes; returns the ids."""
         valid = np.concatenate([cand >= 0, np.ones((cand.shape[0], 1), dtype=bool)], 1)
         syms = None
@@ -291,15 +304,15 @@ class _ChunkModel:
         _halve(self.cand, CAND_LIMIT)
         esc = syms == ESCAPE
         out = np.where(esc, -1, cand[np.arange(syms.size), np.minimum(syms, CANDIDATES - 1)])
-        out[esc] = self._escapes(None if ids is None else ids[esc], table, int(esc.sum()))
+        out[esc] = self._escapes(None if ids is None else ids[esc], int(esc.sum()))
         return out
 
-    def _escapes(self, ids: np.ndarray | None, table: int, count: int) -> np.ndarray:
+    def _escapes(self, ids: np.ndarray | None, count: int) -> np.ndarray:
         """``count`` ids coded without prediction: the high bits by an adaptive table, then the low ``shift`` bits
         uniformly, most significant piece (at most 16 bits) first."""
         if not count:
             return np.zeros(0, dtype=np.int64)
-        counts = self.esc[table]
+        counts = self.esc
         high = self.io.shared(None if ids is None else ids >> self.shift, _shared_cdf(counts), count)
         counts += np.bincount(high, minlength=counts.size)
         _halve(counts, ESC_LIMIT)
