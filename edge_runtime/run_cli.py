@@ -6,6 +6,7 @@ Examples:
     provq-run /dev/video0 display://0 --input-width 640 --input-height 480 --tokens cam.ptok
     provq-run rtsp://user:pass@cam:554/stream --tokens cam.ptok --precision int8
     provq-run frames/ recon/%06d.png --fit crop --max-frames 100
+    provq-run cam.mp4 recon.mkv --tokens cam.ptok --stable-tokens  # hold near-boundary ids (lossy, fewer bytes)
     provq-decode clip.ptok decoded.mp4                          # tokens back to frames
 
 Outputs: file.mp4 (mp4v), file.avi (MJPG), file.mkv (FFV1, lossless), folder/%06d.png or a folder, display://0.

@@ -5,7 +5,9 @@
     chunk*   magic "PTKC", chunk index, first frame index, frame and record counts, lengths, flags, CRC-32 of the
              chunk header, CRC-32 of the payload; the payload (zlib / zstd / stored) is a run of records:
              keyframe (all ids packed at ceil(log2 K) bits), delta (change mask + changed ids, lossless, against the
-             previous frame of the same chunk) or gap (the source stalled: from/to timestamps, reason)
+             previous frame of the same chunk) or gap (the source stalled: from/to timestamps, reason).
+             Version 2 (codec ctx, the default): the records without their ids (zlib), then every id of the chunk
+             context-coded by ctxcoder.py (lossless; the model restarts at each chunk).
 
 Every chunk decodes on its own (its first frame is a keyframe). The writer appends each chunk with one write and an
 fsync and never rewrites earlier bytes, so after a kill every complete chunk reads back; the reader stops at a torn
