@@ -35,9 +35,12 @@ EXTRAS = {
     "edge": ["cuda-python>=12.0", "zstandard>=0.21"],
     # The training study's peers (vector-quantize-pytorch's VectorQuantize and FSQ) and its plot.
     "study": ["vector-quantize-pytorch>=1.20", "matplotlib>=3.7"],
+    # provq-bench's H.264 row (x264 through PyAV) and its plots.
+    "bench": ["av>=12", "matplotlib>=3.7"],
     # Tests and lint. scikit-image and scikit-learn provide real photos the shipped model has never seen.
-    # zstandard lets the token-stream tests cover the zstd codec too.
+    # zstandard lets the token-stream tests cover the zstd codec too; av the benchmark's H.264 row.
     "dev": [
+        "av>=12",
         "pytest>=7.4",
         "ruff>=0.5",
         "hypothesis>=6.90",

@@ -2,6 +2,7 @@
 
     backend = open_backend("default", backend="auto", precision="int8")
     ids = backend.encode(images)      # N x 3 x H x W float32 RGB in [-1, 1] -> N x H/ds x W/ds int32
+    ids, z = backend.encode_latents(images)   # also the latents N x D x h x w float32 (opened with latents=True)
     images = backend.decode(ids)      # N x h x w int32 -> N x 3 x h*ds x w*ds float32 in [-1, 1]
     backend.close()
 
@@ -24,6 +25,7 @@ import numpy as np
 
 from .errors import EdgeError
 from .manifest import CPU_INT8, PRECISIONS, Manifest, load_manifest
+from .stable import with_latents_output
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +76,7 @@ class OnnxRuntimeBackend:
         encoder_precision: str | None = None,
         providers: list[str] | None = None,
         threads: int | None = None,
+        latents: bool = False,  # also output the encoder's latents (encode_latents), for stable tokens
     ) -> None:
         import onnxruntime as ort
 
@@ -101,11 +104,15 @@ class OnnxRuntimeBackend:
             for part, value in self.parts.items()
         }
         self._sessions = {}
+        self._latents: str | None = None
         for part in ("encoder", "decoder"):
             path = manifest.path(self.file_sets[part], part)
             manifest.verify(path)
+            graph = str(path)
+            if latents and part == "encoder":
+                graph, self._latents = with_latents_output(path)
             try:
-                self._sessions[part] = ort.InferenceSession(str(path), options, providers=self.providers)
+                self._sessions[part] = ort.InferenceSession(graph, options, providers=self.providers)
             except Exception as err:  # onnxruntime raises its own unrelated exception types
                 raise EdgeError(f"ONNX Runtime cannot load {path} ({type(err).__name__}): re-export it") from None
         self._names = {part: manifest.tensor_names(part) for part in ("encoder", "decoder")}
@@ -121,6 +128,13 @@ class OnnxRuntimeBackend:
 
     def decode(self, ids: np.ndarray) -> np.ndarray:
         return self._run("decoder", ids)
+
+    def encode_latents(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self._latents is None:
+            raise EdgeError("this backend was opened without latents=True")
+        name_in, name_out = self._names["encoder"]
+        ids, z = self._sessions["encoder"].run([name_out, self._latents], {name_in: images})
+        return ids, z
 
     def describe(self) -> str:
         files = ", QOperator int8-cpu files" if CPU_INT8 in self.file_sets.values() else ""
@@ -190,19 +204,30 @@ def open_backend(
     *,
     encoder_precision: str | None = None,
     threads: int | None = None,
+    latents: bool = False,
 ) -> Backend:
     """Load a model directory (``default``: the shipped model) on the chosen backend; logs which one runs.
 
     ``encoder_precision`` runs the encoder at another precision than ``precision`` (the decoder's), e.g. an FP32 or
-    FP16 encoder that keeps FP32's token ids with an INT8 decoder.
+    FP16 encoder that keeps FP32's token ids with an INT8 decoder. ``latents`` (stable tokens) needs the encoder's
+    latents, which only ONNX Runtime sessions give (native TensorRT engines output ids only): ``auto`` then picks
+    ONNX Runtime, and ``tensorrt`` is refused.
     """
     if backend not in BACKENDS:
         raise EdgeError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
     _part_precisions(precision, encoder_precision)
     manifest = load_manifest(model)
-    if backend == "tensorrt" or (backend == "auto" and _tensorrt_ready(manifest, encoder_precision or precision)):
+    if backend == "tensorrt" and latents:
+        raise EdgeError(
+            "--stable-tokens needs the encoder's latents, which native TensorRT engines do not output: use "
+            "--backend onnxruntime (which runs TensorRT through its execution provider where it is installed)"
+        )
+    native = backend == "auto" and not latents and _tensorrt_ready(manifest, encoder_precision or precision)
+    if backend == "tensorrt" or native:
         chosen: Backend = TensorRTBackend(manifest, precision, encoder_precision=encoder_precision)
     else:
-        chosen = OnnxRuntimeBackend(manifest, precision, encoder_precision=encoder_precision, threads=threads)
+        chosen = OnnxRuntimeBackend(
+            manifest, precision, encoder_precision=encoder_precision, threads=threads, latents=latents
+        )
     log.info("backend: %s", chosen.describe())
     return chosen

@@ -19,11 +19,15 @@ What one run does:
     quality  reconstructions (``from_model_output``: uint8, at model size) against the input frames at model size:
              PSNR and SSIM per frame (``quality.py``), averaged over frames.
     tokens   agreement = share of ids equal to the reference (ONNX Runtime FP32) ids of the same frames; bytes per
-             frame of the real token stream (TokenStreamWriter, zlib, 30 frames a chunk), chunks only (the one-off
-             header excluded), plain (every frame a keyframe) and previous-frame coded.
+             frame of the real token stream (TokenStreamWriter, codec ctx, 30 frames a chunk), chunks only (the
+             one-off header excluded), plain (every frame a keyframe) and previous-frame coded.
     codecs   JPEG and WebP (cv2.imencode) at the quality whose mean bytes per frame is nearest the tokenizer's
              previous-frame-coded bytes per frame of the reference row, on the same frames; ``quality_limited``
-             when even quality 1 is larger (JPEG's ~600-byte headers dominate small frames) or 100 smaller.
+             when even quality 1 is larger (JPEG's ~600-byte headers dominate small frames) or 100 smaller. On
+             video inputs also H.264 (x264 through PyAV, bench_video.py) at that size, its bit rate as quality.
+    video    on video inputs (fps > 0, 2+ frames; ``video=False`` skips it): the tokenizer's rate-distortion
+             points (zlib and ctx codings of the nearest-code ids, stable tokens at each ``stable_margins``
+             margin) and H.264 matched to each point's bytes per frame (bench_video.py).
     memory   peak resident memory of the process (getrusage ru_maxrss) and its current RSS (/proc VmRSS) after
              each row, in MiB.
 
@@ -66,12 +70,14 @@ import numpy as np
 
 from . import preprocess
 from .backends import Backend, OnnxRuntimeBackend, TensorRTBackend
+from .bench_video import h264_baseline, tokenizer_points
 from .engine_meta import TRT_MISSING, import_tensorrt
 from .errors import EdgeError
 from .manifest import PRECISIONS, Manifest, load_manifest, sha256_file
 from .preprocess import Geometry, cover_crop, fit_frame, from_model_output, to_bgr_uint8, to_model_input
 from .quality import SSIM_WINDOW, psnr, ssim
 from .sources import open_source
+from .stable import DEFAULT_MARGIN
 from .tokenstream import StreamHeader, TokenStreamWriter, stream_stats
 
 try:
@@ -113,6 +119,8 @@ class BenchConfig:
     size: tuple[int, int] | None = None  # (width, height): cover + centre-crop every frame to it; None: as decoded
     threads: int | None = None  # intra-op threads of ONNX Runtime and torch; None: their defaults
     batch: int = 1  # frames per encode/decode call
+    video: bool = True  # on video inputs (fps > 0, 2+ frames): the H.264 row and the rate-distortion points
+    stable_margins: tuple[float, ...] = (DEFAULT_MARGIN,)  # stable-token margins of the rate-distortion points
 
     def check(self) -> None:
         if not self.backends or not self.precisions:
@@ -124,6 +132,8 @@ class BenchConfig:
             raise EdgeError(f"--frames {self.frames} is less than one batch (--batch {self.batch})")
         if self.threads is not None and self.threads < 1:
             raise EdgeError(f"--threads must be >= 1, got {self.threads}")
+        if any(not (np.isfinite(m) and m >= 0) for m in self.stable_margins):
+            raise EdgeError(f"--stable-margins must be numbers >= 0, got {list(self.stable_margins)}")
         if self.size is not None and min(self.size) < SSIM_WINDOW:
             raise EdgeError(f"--size {self.size[0]}x{self.size[1]} is too small: at least {SSIM_WINDOW} pixels a side")
 
@@ -397,19 +407,29 @@ def time_calls(backend: Backend, clip: Clip, warmup: int) -> tuple[dict[str, lis
     return times, np.concatenate(ids_out), np.concatenate(images_out)
 
 
-def stream_bytes(ids: np.ndarray, manifest: Manifest, clip: Clip, *, delta: bool) -> tuple[float, float]:
-    """N x h x w ids written as a real token stream -> (chunk bytes per frame, raw packed bytes per frame)."""
+def stream_bytes(
+    ids: np.ndarray, manifest: Manifest, clip: Clip, *, delta: bool, codec: str = "ctx", times: dict | None = None
+) -> tuple[float, float]:
+    """N x h x w ids written as a real token stream -> (chunk bytes per frame, raw packed bytes per frame).
+
+    ``times``, when given, receives the ms per frame of writing (``write_ms``: coding included) and of reading the
+    whole stream back (``read_ms``: decoding and checking)."""
     header = StreamHeader(
         codebook_sha256=manifest.codebook_sha256, codebook_size=manifest.codebook_size, grid_height=ids.shape[1],
-        grid_width=ids.shape[2], fps=clip.fps, delta=delta, **dataclasses.asdict(clip.geometry),
+        grid_width=ids.shape[2], fps=clip.fps, delta=delta, codec=codec, **dataclasses.asdict(clip.geometry),
     )  # fmt: skip
     frame_ms = 1000.0 / clip.fps if clip.fps > 0 else 0.0
     with tempfile.TemporaryDirectory(prefix="provq-bench-") as folder:
         path = Path(folder) / "bench.ptok"
+        t0 = time.perf_counter()
         with TokenStreamWriter(path, header, frames_per_chunk=FRAMES_PER_CHUNK, fsync=False) as writer:
             for i, frame_ids in enumerate(ids):
                 writer.write(frame_ids, i * frame_ms)
+        t1 = time.perf_counter()
         stats = stream_stats(path, expect_codebook_sha256=manifest.codebook_sha256)
+        if times is not None:
+            times["write_ms"] = (t1 - t0) * 1e3 / len(ids)
+            times["read_ms"] = (time.perf_counter() - t1) * 1e3 / len(ids)
     return (stats.total_bytes - stats.header_bytes) / stats.frames, stats.raw_bits_per_frame / 8
 
 
@@ -557,6 +577,17 @@ def codec_baselines(frames: Sequence[np.ndarray], target: float) -> list[dict[st
     return [codec_baseline(frames, codec, ext, flag, target) for codec, ext, flag in CODECS]
 
 
+def video_section(manifest: Manifest, clip: Clip, config: BenchConfig) -> dict[str, Any]:
+    """{"points": the tokenizer's rate-distortion points, "h264": H.264 matched to each point's bytes per frame}."""
+
+    def chunk_bytes(ids: np.ndarray, codec: str, times: dict) -> float:
+        return stream_bytes(ids, manifest, clip, delta=True, codec=codec, times=times)[0]
+
+    points = tokenizer_points(manifest, clip, config.stable_margins, config.threads, chunk_bytes)
+    h264 = [h264_baseline(clip.references, clip.fps, p["bytes_per_frame"]) for p in points]
+    return {"points": points, "h264": h264}
+
+
 # -- environment ---------------------------------------------------------------------------------------------------
 
 
@@ -674,9 +705,14 @@ def run_benchmark(config: BenchConfig, progress: Callable[[str], None] | None = 
     ran = [r for r in ordered if r["status"] == "ok"]
     target_row = rows.get(REFERENCE) if rows.get(REFERENCE, {}).get("status") == "ok" else (ran[0] if ran else None)
     codecs: list[dict[str, Any]] = []
+    video = None
     if target_row is not None:
         say("codec baselines ...")
         codecs = codec_baselines(clip.references, target_row["bytes_per_frame"])
+        if config.video and clip.fps > 0 and len(clip.references) > 1:
+            say("H.264 and the rate-distortion points ...")
+            codecs.append(h264_baseline(clip.references, clip.fps, target_row["bytes_per_frame"]))
+            video = video_section(manifest, clip, config)
     g = clip.geometry
     setup = {
         "model": str(manifest.directory), "input": config.input, "backends": list(config.backends),
@@ -695,5 +731,6 @@ def run_benchmark(config: BenchConfig, progress: Callable[[str], None] | None = 
         "rows": ordered,
         "codecs": codecs,
         "codec_target": None if target_row is None else f"{target_row['backend']}/{target_row['precision']}",
+        "video": video,
         "peak_rss_mb": memory_mb()["peak_rss_mb"],
     }

@@ -5,6 +5,8 @@ Examples:
     provq-bench --input clip.mp4 --size 256x256 --frames 100 --warmup 10 --backends onnxruntime --threads 2
     provq-bench --model models/tiny --backends tensorrt,onnxruntime --precisions fp16,int8 --json bench.json
     provq-bench --frames 30 --json out.json --markdown out.md --plot out.png
+    provq-bench --input cam.mp4 --frames 150 --backends onnxruntime --precisions fp32 --stable-margins 0.05,0.1,0.2 \
+        --plot rd.png      # H.264 / WebP / JPEG at the token stream's size and the rate-distortion plot
     provq-bench --backends onnxruntime --floor token_agreement=0.98 --floor onnxruntime/int8:fps=30   # CI gate
 
 Floors: higher-is-better figures (fps, psnr_db, ssim, token_agreement, speedup_vs_fp32) must reach the value;
@@ -54,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _OneLineParser(
         prog=PROG,
         description="Compare backends and precisions of a provq model: latency, PSNR/SSIM, token agreement, "
-        "token stream bytes per frame, and JPEG/WebP at the same size.",
+        "token stream bytes per frame, and JPEG/WebP (and H.264 on videos) at the same size.",
         epilog=__doc__.split("\n", 2)[2],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -67,6 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", default=None, metavar="WxH", help="cover + centre-crop frames to WxH (default: as read)")
     p.add_argument("--threads", type=int, default=None, metavar="K", help="intra-op threads (default: backend's)")
     p.add_argument("--batch", type=int, default=d.batch, metavar="B", help="frames per call (default: %(default)s)")
+    p.add_argument(
+        "--stable-margins",
+        default=",".join(f"{m:g}" for m in d.stable_margins),
+        metavar="M,M,...",
+        help="stable-token margins of the rate-distortion points on video inputs (default: %(default)s)",
+    )
+    p.add_argument("--no-video", action="store_true", help="skip the H.264 row and the rate-distortion points")
     p.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the full report as JSON")
     p.add_argument("--markdown", type=Path, default=None, metavar="PATH", help="write the tables as Markdown")
     p.add_argument("--plot", type=Path, default=None, metavar="PATH", help="write a PNG (needs matplotlib)")
@@ -95,9 +104,13 @@ def _config(args: argparse.Namespace) -> tuple[BenchConfig, list[Floor]]:
         if floor.backend is not None and (floor.backend not in backends or floor.precision not in precisions):
             raise EdgeError(f"--floor {floor.text}: that row is not benchmarked (see --backends, --precisions)")
     size = None if args.size is None else parse_size(args.size)
+    try:
+        margins = tuple(float(m) for m in args.stable_margins.split(",") if m.strip())
+    except ValueError:
+        raise EdgeError(f"--stable-margins {args.stable_margins!r}: give numbers >= 0, e.g. 0.05,0.1") from None
     config = BenchConfig(model=args.model, input=args.input, backends=backends, precisions=precisions,
                          frames=args.frames, warmup=args.warmup, size=size, threads=args.threads,
-                         batch=args.batch)  # fmt: skip
+                         batch=args.batch, video=not args.no_video, stable_margins=margins)  # fmt: skip
     config.check()
     _check_outputs([args.json, args.markdown, args.plot])
     return config, floors

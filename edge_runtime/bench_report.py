@@ -6,7 +6,9 @@ Table columns (one line per backend x precision; rows that did not run list thei
 
 ms are per-call medians, ±IQR the interquartile range of the round-trip times, B/frame the token stream's
 previous-frame-coded bytes per frame (plain: every frame a keyframe), x fp32 the round-trip speed-up over the same
-backend's FP32 row. The codec table shows JPEG and WebP at the quality matching the tokenizer's bytes per frame.
+backend's FP32 row. The codec table shows JPEG and WebP (and H.264 on videos; quality = kbit/s) at the quality
+matching the tokenizer's bytes per frame. On videos a rate-distortion table lists the tokenizer's settings (zlib and
+ctx codings of the same ids, stable tokens) each beside H.264 at its bytes per frame; the plot draws both curves.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from typing import Any
 ROW_HEADERS = ("backend", "precision", "status", "enc ms", "dec ms", "rt ms", "±IQR", "fps", "PSNR dB", "SSIM",
                "agree", "B/frame", "plain", "x fp32")  # fmt: skip
 CODEC_HEADERS = ("codec", "quality", "B/frame", "x target", "PSNR dB", "SSIM", "enc ms", "dec ms")
+RD_HEADERS = ("tokenizer", "B/frame", "PSNR dB", "SSIM", "changed ids", "write ms", "read ms", "H.264 B/frame",
+              "H.264 PSNR dB")  # fmt: skip
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -55,6 +59,23 @@ def codec_cells(report: dict[str, Any]) -> list[list[str]]:
             c["codec"], str(c["quality"]), _fmt(c["bytes_per_frame"], ".0f"), _fmt(c["bytes_ratio"], ".2f"),
             _fmt(c["psnr_db"], ".2f"), _fmt(c["ssim"], ".4f"), _fmt(c["encode_ms"], ".2f"),
             _fmt(c["decode_ms"], ".2f"),
+        ])  # fmt: skip
+    return cells
+
+
+def rd_cells(report: dict[str, Any]) -> list[list[str]]:
+    """The rate-distortion points (video inputs), each with H.264 at its size, in RD_HEADERS order."""
+    video = report.get("video")
+    if not video:
+        return []
+    cells = []
+    for p, h in zip(video["points"], video["h264"], strict=True):
+        ok = h["status"] == "ok"
+        cells.append([
+            p["setting"], _fmt(p["bytes_per_frame"], ".0f"), _fmt(p["psnr_db"], ".2f"), _fmt(p["ssim"], ".4f"),
+            _fmt(p["changed_ids_per_frame"], ".0f"), _fmt(p["write_ms"], ".1f"), _fmt(p["read_ms"], ".1f"),
+            _fmt(h["bytes_per_frame"], ".0f") if ok else h["status"],
+            _fmt(h["psnr_db"], ".2f") if ok else "-",
         ])  # fmt: skip
     return cells
 
@@ -110,6 +131,9 @@ def format_text(report: dict[str, Any]) -> str:
         target = report["codecs"][0]["target_bytes_per_frame"]
         parts += ["", f"codecs at the bytes per frame of {report['codec_target']} ({target:.0f} B):"]
         parts.append(_text_table(CODEC_HEADERS, codec_cells(report)))
+    if rd_cells(report):
+        parts += ["", "rate-distortion (ONNX Runtime FP32, bytes per frame of the token stream's chunks):"]
+        parts.append(_text_table(RD_HEADERS, rd_cells(report)))
     return "\n".join([*parts, "", *environment_lines(report)])
 
 
@@ -122,6 +146,9 @@ def format_markdown(report: dict[str, Any]) -> str:
         target = report["codecs"][0]["target_bytes_per_frame"]
         parts += ["", f"Codecs at the bytes per frame of {report['codec_target']} ({target:.0f} B):", ""]
         parts.append(_markdown_table(CODEC_HEADERS, codec_cells(report)))
+    if rd_cells(report):
+        parts += ["", "Rate-distortion (ONNX Runtime FP32, bytes per frame of the token stream's chunks):", ""]
+        parts.append(_markdown_table(RD_HEADERS, rd_cells(report)))
     parts += ["", "Environment:", "", *[f"- {line}" for line in environment_lines(report)]]
     return "\n".join(parts) + "\n"
 
@@ -138,6 +165,16 @@ def write_plot(report: dict[str, Any], path: Path) -> None:
     for c in report["codecs"]:
         if c["status"] == "ok":
             rate.scatter(c["bytes_per_frame"], c["psnr_db"], marker="s", s=50, label=f"{c['codec']} q{c['quality']}")
+    video = report.get("video")
+    if video:
+        points = video["points"]
+        rate.plot([p["bytes_per_frame"] for p in points], [p["psnr_db"] for p in points], "k.-", label="tokenizer")
+        for p in points:
+            rate.annotate(p["setting"], (p["bytes_per_frame"], p["psnr_db"]), fontsize=7, xytext=(3, 3),
+                          textcoords="offset points")  # fmt: skip
+        h264 = sorted((h for h in video["h264"] if h["status"] == "ok"), key=lambda h: h["bytes_per_frame"])
+        if h264:
+            rate.plot([h["bytes_per_frame"] for h in h264], [h["psnr_db"] for h in h264], "r^--", label="H.264")
     rate.set_xlabel("bytes per frame (token stream: previous-frame coded)")
     rate.set_ylabel("PSNR (dB)")
     rate.set_title("quality against size")

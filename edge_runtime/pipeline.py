@@ -3,16 +3,18 @@
     capture thread    next(source)                  Frame.image H x W x 3 uint8 BGR (or as stored for images)
                       preprocess.prepare            1 x 3 x H' x W' float32 RGB [-1, 1] + Geometry
     inference thread  backend.encode                1 x h x w int32 ids in [0, K), h = H' / ds, w = W' / ds
+                      StableTokens.step (opt-in)    the same ids, with near-boundary cells held (stable.py)
                       backend.decode (if output)    1 x 3 x H' x W' float32 RGB [-1, 1]
-    writer thread     TokenStreamWriter.write       the ids into the .ptok (or a scratch stream that only counts bytes)
+    writer thread     TokenSink.write               the ids coded into the .ptok (or a scratch stream that counts bytes)
                       from_model_output + restore   H x W x 3 uint8 BGR at the frame's own size; PSNR vs the input
                       output.write                  the reconstruction
 
 The threads are joined by bounded queues: ``queue_size`` frames for files, which therefore drop nothing (the capture
 thread waits), and one frame for live sources, which keep only their newest frame and count what they overwrote in
-``source.dropped``. Stage times (capture, preprocess, encode, decode, postprocess, write) and the end-to-end latency
+``source.dropped``. Stage times (capture, preprocess, encode, decode, postprocess, tokens: coding the ids into the
+stream, write: the reconstruction's output; decode, postprocess and write only when reconstructing) and the latency
 (from the source handing a frame over to its tokens and reconstruction being written) are kept per frame for the
-most recent ``WINDOW`` frames and summarized as p50 / p95.
+most recent ``WINDOW`` frames and summarized as p50 / p95 / mean.
 
 ``stop()`` (from a signal handler, or when a display window closes) ends the stream cleanly: no new frame is taken,
 the frames already in the queues are finished, the token stream is flushed and closed and the output finalized. An
@@ -29,10 +31,7 @@ raises it (the first error only) after all threads ended, with the token stream 
 from __future__ import annotations
 
 import math
-import os
 import queue
-import shutil
-import tempfile
 import threading
 import time
 from collections import deque
@@ -51,11 +50,12 @@ from .outputs import DisplayOutput, Output
 from .preprocess import Geometry, from_model_output, prepare, restore, to_bgr_uint8
 from .source_uri import redact
 from .sources import FrameSource
-from .tokenstream import StreamHeader, TokenStreamWriter, raw_bits_per_frame
+from .stable import StableTokens, load_codebook
+from .token_sink import TokenSink
+from .tokenstream import StreamHeader, raw_bits_per_frame
 
-STAGES = ("capture", "preprocess", "encode", "decode", "postprocess", "write")
+STAGES = ("capture", "preprocess", "encode", "decode", "postprocess", "tokens", "write")
 WINDOW = 1 << 14  # frames kept for the percentiles
-SCRATCH_LIMIT = 1 << 20  # bytes a scratch stream (no --tokens) may reach before its counted chunks are cut off
 POLL_S = 0.1  # how often blocked threads look at the stop and abort flags
 MIN_MSE = 1e-10  # caps the PSNR of identical frames at 148 dB
 
@@ -67,11 +67,12 @@ class PipelineConfig:
     fit: str = "pad"  # how frames are fitted to a multiple of the downsample factor: pad | crop | resize
     max_frames: int | None = None  # stop after this many frames; None: until the source ends or stop()
     tokens: Path | None = None  # the .ptok to write (must not exist); None: bytes are counted in a scratch stream
-    codec: str = "zlib"  # token stream chunk compression: none | zlib | zstd
+    codec: str = "ctx"  # token stream coding: ctx (context-coded ids) | zlib | zstd | none
     delta: bool = True  # code frames against the previous one (lossless)
     keyframe_interval: int = 0  # also a keyframe every N frames; 0: only at chunk starts
     frames_per_chunk: int = 30  # frames per .ptok chunk: what a crash can lose at most
     queue_size: int = 2  # frames between stages for file sources (live sources use 1)
+    stable_margin: float | None = None  # stable tokens (edge_runtime/stable.py) with this margin; None: off
 
 
 class Progress(NamedTuple):
@@ -97,6 +98,8 @@ class RunReport:
     latency_ms: dict[str, float]  # end-to-end per frame: p50, p95
     stage_ms: dict[str, dict[str, float]]  # per stage: p50, p95 (decode and postprocess only when reconstructing)
     bytes_per_frame: float  # token stream bytes (header included) per frame
+    changed_ids_per_frame: float | None  # ids that differ from the previous frame's, mean over frames after the first
+    stable_tokens: float | None  # the stable-token margin, None when off
     raw_bits_per_frame: int  # h * w * ceil(log2 K)
     psnr_db: float | None  # 10 log10(255^2 / MSE), the MSE over every pixel of every reconstruction against its
     # input frame at the frame's own size; None without an output
@@ -128,8 +131,9 @@ class _Window:
     def summary(self) -> dict[str, float]:
         if not self.samples:
             return {}
-        p50, p95 = np.percentile(np.fromiter(self.samples, float), [50, 95])
-        return {"p50": round(float(p50), 3), "p95": round(float(p95), 3)}
+        samples = np.fromiter(self.samples, float)
+        p50, p95 = np.percentile(samples, [50, 95])
+        return {"p50": round(float(p50), 3), "p95": round(float(p95), 3), "mean": round(float(samples.mean()), 3)}
 
 
 @dataclass
@@ -154,70 +158,6 @@ class _Gap(NamedTuple):
 _END = None  # end-of-stream marker in the queues
 
 
-class _TokenSink:
-    """The token stream writer, opened at the first frame (its geometry goes into the header).
-
-    Without a path the stream goes to a scratch file that only measures bytes: whenever it grows past SCRATCH_LIMIT,
-    its flushed chunks are counted and cut off (the writer appends with O_APPEND, so it carries on at the new end),
-    so an endless run without --tokens needs bounded space. The scratch folder is removed on close.
-    """
-
-    def __init__(self, path: Path | None, config: PipelineConfig) -> None:
-        self.config = config
-        self.path = path
-        self.writer: TokenStreamWriter | None = None
-        self.frames = 0  # written
-        self.flushed_frames = 0  # in chunks on disk
-        self._scratch_dir: Path | None = None
-        self._size = 0  # file size after the last write
-        self._counted = 0  # bytes cut off a scratch stream
-        self._header_bytes = 0
-
-    def open(self, header: StreamHeader) -> None:
-        if self.path is None:
-            self._scratch_dir = Path(tempfile.mkdtemp(prefix="provq-run-"))
-            self.path = self._scratch_dir / "scratch.ptok"
-        self.writer = TokenStreamWriter(
-            self.path, header, frames_per_chunk=self.config.frames_per_chunk, fsync=self._scratch_dir is None
-        )
-        self._header_bytes = self._size = len(header.to_bytes())
-
-    def write(self, ids: np.ndarray, timestamp_ms: float) -> None:
-        self.writer.write(ids, timestamp_ms)
-        self.frames += 1
-        self._measure()
-
-    def write_gap(self, from_ms: float, to_ms: float) -> None:
-        self.writer.write_gap(from_ms, to_ms, "source reconnected")
-        self._measure()
-
-    def _measure(self) -> None:
-        size = os.stat(self.path).st_size
-        if size != self._size:  # a chunk was flushed: every frame so far is on disk
-            self.flushed_frames = self.frames
-        if self._scratch_dir is not None and size > SCRATCH_LIMIT:
-            self._counted += size - self._header_bytes
-            os.truncate(self.path, self._header_bytes)
-            size = self._header_bytes
-        self._size = size
-
-    def bytes(self) -> int:
-        """Stream bytes on disk so far: the header and the flushed chunks."""
-        return self._counted + self._size
-
-    def close(self) -> int:
-        """Flush, close, return the final stream bytes; the scratch folder is removed."""
-        try:
-            if self.writer is not None:
-                self.writer.close()
-                self._size = os.stat(self.path).st_size
-                self.flushed_frames = self.frames
-            return self.bytes()
-        finally:
-            if self._scratch_dir is not None:
-                shutil.rmtree(self._scratch_dir, ignore_errors=True)
-
-
 class Pipeline:
     """Streams one source through one backend into a token stream and, optionally, an output of reconstructions."""
 
@@ -237,7 +177,9 @@ class Pipeline:
         self._to_infer: queue.Queue[_Work | _Gap | None] = queue.Queue(size)
         self._to_write: queue.Queue[_Work | _Gap | None] = queue.Queue(size)
         self._times = {stage: _Window() for stage in (*STAGES, "latency")}
-        self._sink = _TokenSink(config.tokens, config)
+        self._sink = TokenSink(config.tokens, config.frames_per_chunk)
+        self._stable = None if config.stable_margin is None else StableTokens(load_codebook(backend.manifest),
+                                                                               config.stable_margin)  # fmt: skip
         self._frames = 0
         self._first_geometry: Geometry | None = None
         self._grid: tuple[int, int] | None = None
@@ -383,15 +325,26 @@ class Pipeline:
             )
 
     def _infer(self) -> None:
+        in_chunk = 0  # frames since the last keyframe the writer makes (chunk start, keyframe interval)
+        interval, per_chunk = self.config.keyframe_interval, self.config.frames_per_chunk
+        index = 0
         while (item := self._get(self._to_infer)) is not _END:
             if isinstance(item, _Work):
                 t0 = time.perf_counter()
-                item.ids = self.backend.encode(item.images)
+                if self._stable is None:
+                    item.ids = self.backend.encode(item.images)
+                else:
+                    ids, latents = self.backend.encode_latents(item.images)
+                    refresh = in_chunk % per_chunk == 0 or bool(interval and index % interval == 0)
+                    item.ids = self._stable.step(ids[0], latents[0], refresh)[None]
+                in_chunk, index = in_chunk + 1, index + 1
                 t1 = time.perf_counter()
                 item.ms["encode"] = (t1 - t0) * 1e3
                 if self.reconstruct:
                     item.decoded = self.backend.decode(item.ids)
                     item.ms["decode"] = (time.perf_counter() - t1) * 1e3
+            else:
+                in_chunk = 0  # a gap ends the writer's chunk
             if not self._put(self._to_write, item):
                 return
         self._put(self._to_write, _END)
@@ -420,7 +373,7 @@ class Pipeline:
             self._grid = (int(ids.shape[0]), int(ids.shape[1]))
         t0 = time.perf_counter()
         self._sink.write(ids, item.timestamp_ms)
-        write_s = time.perf_counter() - t0
+        item.ms["tokens"] = (time.perf_counter() - t0) * 1e3
         if self.output is not None:
             t1 = time.perf_counter()
             image = restore(from_model_output(item.decoded)[0], item.geometry)
@@ -429,8 +382,7 @@ class Pipeline:
             t2 = time.perf_counter()
             self.output.write(image)
             item.ms["postprocess"] = (t2 - t1) * 1e3
-            write_s += time.perf_counter() - t2
-        item.ms["write"] = write_s * 1e3
+            item.ms["write"] = (time.perf_counter() - t2) * 1e3
         done = time.perf_counter()
         for stage, ms in item.ms.items():
             self._times[stage].add(ms)
@@ -479,6 +431,8 @@ class Pipeline:
             latency_ms=self._times["latency"].summary(),
             stage_ms={s: self._times[s].summary() for s in STAGES if self._times[s].samples},
             bytes_per_frame=round(stream_bytes / frames, 2) if frames else 0.0,
+            changed_ids_per_frame=self._sink.changed_per_frame(),
+            stable_tokens=self.config.stable_margin,
             raw_bits_per_frame=raw_bits_per_frame(*grid, self.backend.manifest.codebook_size) if grid else 0,
             psnr_db=psnr,
             size=(g.width, g.height) if g else None,

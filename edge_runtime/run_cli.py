@@ -6,6 +6,7 @@ Examples:
     provq-run /dev/video0 display://0 --input-width 640 --input-height 480 --tokens cam.ptok
     provq-run rtsp://user:pass@cam:554/stream --tokens cam.ptok --precision int8
     provq-run frames/ recon/%06d.png --fit crop --max-frames 100
+    provq-run cam.mp4 recon.mkv --tokens cam.ptok --stable-tokens  # hold near-boundary ids (lossy, fewer bytes)
     provq-decode clip.ptok decoded.mp4                          # tokens back to frames
 
 Outputs: file.mp4 (mp4v), file.avi (MJPG), file.mkv (FFV1, lossless), folder/%06d.png or a folder, display://0.
@@ -18,6 +19,7 @@ the token stream is flushed and closed, the output and --json are written; the e
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections import deque
 from contextlib import ExitStack
@@ -26,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from .console import StatusLine, run_command, stop_on_signals
 from .errors import EdgeError
+from .stable import DEFAULT_MARGIN
 
 if TYPE_CHECKING:
     from .outputs import Output
@@ -44,6 +47,16 @@ def _non_negative(text: str) -> int:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _margin(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
     return value
 
 
@@ -95,7 +108,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-loop", type=int, default=0, metavar="N", help="replay files N more times, -1 forever")
     p.add_argument("--threads", type=positive_int, default=None, metavar="K", help="ONNX Runtime threads")
     p.add_argument(
-        "--codec", default="zlib", choices=("zlib", "zstd", "none"), help="token chunks (default: %(default)s)"
+        "--codec",
+        default="ctx",
+        choices=("ctx", "zlib", "zstd", "none"),
+        help="token stream coding: ctx (context-coded ids, .ptok version 2) or the version-1 codings zlib, zstd, "
+        "none (default: %(default)s)",
+    )
+    p.add_argument(
+        "--stable-tokens",
+        type=_margin,
+        nargs="?",
+        const=DEFAULT_MARGIN,
+        default=None,
+        metavar="M",
+        help="lossy: keep a cell's previous id while its code stays within relative distance margin M of the "
+        f"nearest code (refreshed at keyframes); fewer changed ids, fewer bytes (bare flag: M = {DEFAULT_MARGIN})",
     )
     p.add_argument("--no-delta", action="store_true", help="code every frame on its own (no delta coding)")
     p.add_argument(
@@ -156,6 +183,7 @@ def _run(args: argparse.Namespace) -> int:
             args.precision,
             encoder_precision=args.encoder_precision,
             threads=args.threads,
+            latents=args.stable_tokens is not None,
         )
         stack.callback(backend.close)
         print(f"{PROG}: {source.describe()} | {backend.describe()}", file=sys.stderr)
@@ -172,6 +200,7 @@ def _run(args: argparse.Namespace) -> int:
             codec=args.codec,
             delta=not args.no_delta,
             keyframe_interval=args.keyframe_interval,
+            stable_margin=args.stable_tokens,
         )
         pipeline = Pipeline(source, backend, config, output)
         status = StatusLine()
@@ -205,6 +234,7 @@ def _run(args: argparse.Namespace) -> int:
             input=display(args.input, limit=1000),
             output=args.output,
             tokens=str(args.tokens) if args.tokens else None,
+            codec=args.codec,
             signal=received[0] if received else None,
         )
     if args.json is not None:
@@ -227,6 +257,9 @@ def _print_summary(s: dict[str, Any], args: argparse.Namespace, output: Output |
             f"  {s['backend']} {s['precision']} | {w}x{h} -> {s['grid'][0]}x{s['grid'][1]} tokens | "
             f"{s['bytes_per_frame']:.1f} B/frame of {raw:.0f} raw ({s['bytes_per_frame'] / raw:.1%}){psnr}"
         )
+        stable = f", stable tokens M = {s['stable_tokens']}" if s["stable_tokens"] is not None else ""
+        changed = s["changed_ids_per_frame"]
+        lines.append(f"  codec {s['codec']}{stable} | {changed if changed is not None else '-'} changed ids/frame")
         lines.append(f"  {'stage ms':<12}{'p50':>9}{'p95':>9}")
         rows = [*s["stage_ms"].items(), ("end-to-end", {"p50": s["latency_ms_p50"], "p95": s["latency_ms_p95"]})]
         lines += [f"  {name:<12}{ms['p50']:>9.2f}{ms['p95']:>9.2f}" for name, ms in rows]

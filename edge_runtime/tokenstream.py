@@ -5,7 +5,9 @@
     chunk*   magic "PTKC", chunk index, first frame index, frame and record counts, lengths, flags, CRC-32 of the
              chunk header, CRC-32 of the payload; the payload (zlib / zstd / stored) is a run of records:
              keyframe (all ids packed at ceil(log2 K) bits), delta (change mask + changed ids, lossless, against the
-             previous frame of the same chunk) or gap (the source stalled: from/to timestamps, reason)
+             previous frame of the same chunk) or gap (the source stalled: from/to timestamps, reason).
+             Version 2 (codec ctx, the default): the records without their ids (zlib), then every id of the chunk
+             context-coded by ctxcoder.py (lossless; the model restarts at each chunk).
 
 Every chunk decodes on its own (its first frame is a keyframe). The writer appends each chunk with one write and an
 fsync and never rewrites earlier bytes, so after a kill every complete chunk reads back; the reader stops at a torn
@@ -37,7 +39,7 @@ from typing import Any, BinaryIO, NamedTuple
 
 import numpy as np
 
-from . import bitpack
+from . import bitpack, ctxcoder, rans
 from .errors import EdgeError
 
 try:
@@ -51,10 +53,11 @@ except ImportError:  # not POSIX: no writer lock
 
 log = logging.getLogger(__name__)
 
-VERSION = 1
+VERSION = 2  # written with codec ctx; the other codecs write version 1, byte for byte as before
+VERSIONS = (1, 2)  # read
 MAGIC = b"PTOK"
 CHUNK_MAGIC = b"PTKC"
-CODECS = ("none", "zlib", "zstd")  # header codec byte = index
+CODECS = ("none", "zlib", "zstd", "ctx")  # header codec byte = index; ctx (context-coded ids) needs version 2
 FITS = ("pad", "crop", "resize")  # header fit byte = index; the same names and order as preprocess.FITS
 KEYFRAME, DELTA, GAP = 0, 1, 2  # record kinds
 HEADER_DELTA = 1  # header flags bit 0: frames may be coded against the previous frame
@@ -102,7 +105,7 @@ class StreamHeader:
     top: int = 0  # crop offsets (fit == "crop"), 0 otherwise
     left: int = 0
     fps: float = 0.0  # nominal frame rate; 0 when unknown (a folder of images)
-    codec: str = "zlib"  # entropy codec of chunk payloads: none | zlib | zstd
+    codec: str = "ctx"  # chunk payloads: ctx (context-coded ids, version 2) | zlib | zstd | none (version 1)
     delta: bool = True  # code frames against the previous frame of the chunk (lossless)
     keyframe_interval: int = 0  # also a keyframe whenever frame_index % N == 0; 0: only each chunk's first frame
     metadata: dict[str, Any] = field(default_factory=dict)  # small JSON object: model preset, source URI, ...
@@ -124,10 +127,14 @@ class StreamHeader:
     def downsample(self) -> int:
         return self.model_height // self.grid_height
 
+    @property
+    def version(self) -> int:
+        return 2 if self.codec == "ctx" else 1
+
     def to_bytes(self) -> bytes:
         meta = _metadata_bytes(self.metadata)
         fixed = _HEADER.pack(
-            MAGIC, VERSION, HEADER_DELTA if self.delta else 0, bytes.fromhex(self.codebook_sha256),
+            MAGIC, self.version, HEADER_DELTA if self.delta else 0, bytes.fromhex(self.codebook_sha256),
             self.codebook_size, self.bits_per_id, CODECS.index(self.codec), FITS.index(self.fit), 0,
             self.grid_height, self.grid_width, self.fps, self.height, self.width, self.model_height,
             self.model_width, self.top, self.left, self.keyframe_interval, len(meta),
@@ -201,8 +208,8 @@ def _read_header(f: BinaryIO, file_size: int, path: Path) -> tuple[StreamHeader,
         raise EdgeError(f"{path}: token stream header is truncated ({file_size} bytes): the file is incomplete")
     (_, version, flags, sha, k, bits, codec, fit, reserved, gh, gw, fps, height, width, mh, mw, top, left,
      kf_interval, meta_len) = _HEADER.unpack(fixed)  # fmt: skip
-    if version != VERSION:
-        raise EdgeError(f"{path} is token stream version {version}; this provq reads version {VERSION}: upgrade provq")
+    if version not in VERSIONS:
+        raise EdgeError(f"{path} is token stream version {version}; this provq reads versions 1 and 2: upgrade provq")
     end = _HEADER.size + meta_len + _CRC.size
     if meta_len > MAX_METADATA_BYTES or end > file_size:
         raise EdgeError(f"{path}: token stream header claims {meta_len} metadata bytes: the header is damaged")
@@ -220,6 +227,8 @@ def _read_header(f: BinaryIO, file_size: int, path: Path) -> tuple[StreamHeader,
         sha.hex(), k, gh, gw, height, width, mh, mw, FITS[fit], top, left, fps, CODECS[codec],
         bool(flags & HEADER_DELTA), kf_interval, metadata,
     )  # fmt: skip
+    if version != header.version:
+        raise EdgeError(f"{path}: version {version} with codec {header.codec}: the header is damaged")
     if bits != header.bits_per_id:
         raise EdgeError(f"{path}: header says {bits} bits per id but K = {k} needs {header.bits_per_id}: damaged")
     return header, end
@@ -423,7 +432,7 @@ class TokenStreamReader:
         cells, bits = h.grid_height * h.grid_width, h.bits_per_id
         record_max = _RECORD.size + max(bitpack.packed_size(cells, 1) + bitpack.packed_size(cells, bits),
                                         _GAP.size + MAX_REASON_BYTES)  # fmt: skip
-        stored = bool(flags & CHUNK_STORED) or h.codec == "none"
+        stored = (bool(flags & CHUNK_STORED) or h.codec == "none") and h.codec != "ctx"
         if (
             flags & ~CHUNK_STORED
             or reserved
@@ -441,8 +450,15 @@ class TokenStreamReader:
         if zlib.crc32(payload) != payload_crc:
             raise _Bad("payload CRC mismatch", index, end)
         try:
-            raw = payload if stored else self._decompress(payload, raw_len)
-            items, keyframes = self._records(raw, first, n_frames, n_records)
+            if h.codec == "ctx":
+                try:
+                    raw, coded = ctxcoder.split_payload(payload, raw_len)
+                except ctxcoder.CoderError as err:
+                    raise _Bad(str(err)) from None
+                items, keyframes = self._records(raw, first, n_frames, n_records, coded)
+            else:
+                raw = payload if stored else self._decompress(payload, raw_len)
+                items, keyframes = self._records(raw, first, n_frames, n_records)
         except _Bad as bad:
             raise _Bad(str(bad), index, end) from None
         return index, end, items, keyframes
@@ -465,14 +481,18 @@ class TokenStreamReader:
             raise _Bad("payload decompresses to the wrong length")
         return raw
 
-    def _records(self, raw: bytes, first: int, n_frames: int, n_records: int) -> tuple[list[Frame | Gap], int]:
-        """Decode a chunk's records: (frames and gaps, keyframe count), all of them or _Bad."""
+    def _records(
+        self, raw: bytes, first: int, n_frames: int, n_records: int, coded: memoryview | None = None
+    ) -> tuple[list[Frame | Gap], int]:
+        """Decode a chunk's records: (frames and gaps, keyframe count), all of them or _Bad. With ``coded`` (codec
+        ctx) frame records carry no body: their ids are decoded from ``coded`` once all records are read."""
         h = self.header
         cells, bits = h.grid_height * h.grid_width, h.bits_per_id
         view, pos = memoryview(raw), 0
         items: list[Frame | Gap] = []
         prev: np.ndarray | None = None
         frames = keyframes = 0
+        key_flags: list[bool] = []  # codec ctx: each frame record's kind
 
         def take(size: int) -> memoryview:
             nonlocal pos
@@ -492,6 +512,12 @@ class TokenStreamReader:
                 except UnicodeDecodeError:
                     raise _Bad("gap reason is not UTF-8") from None
                 items.append(Gap(index, timestamp, to_ms, reason))
+                continue
+            if coded is not None and (kind == KEYFRAME or (kind == DELTA and frames)):
+                keyframes += kind == KEYFRAME
+                key_flags.append(kind == KEYFRAME)
+                items.append(Frame(index, timestamp, None))
+                frames += 1
                 continue
             if kind == KEYFRAME:
                 ids = bitpack.unpack(take(bitpack.packed_size(cells, bits)), bits, cells)
@@ -514,7 +540,22 @@ class TokenStreamReader:
             raise _Bad(f"{len(view) - pos} bytes after the last record")
         if frames != n_frames:
             raise _Bad(f"{frames} frames where the chunk header says {n_frames}")
+        if coded is not None:
+            items = self._ctx_ids(items, coded, key_flags)
         return items, keyframes
+
+    def _ctx_ids(self, items: list[Frame | Gap], coded: memoryview, key_flags: list[bool]) -> list[Frame | Gap]:
+        """Fill in the ids of a ctx chunk's frames (``key_flags``: which frame records are keyframes)."""
+        h = self.header
+        try:
+            planes = iter(ctxcoder.decode_chunk(coded, key_flags, (h.grid_height, h.grid_width), h.codebook_size))
+        except ctxcoder.CoderError as err:
+            raise _Bad(f"coded ids do not decode ({err})") from None
+        shape = (h.grid_height, h.grid_width)
+        return [
+            item._replace(ids=next(planes).astype(np.int32).reshape(shape)) if isinstance(item, Frame) else item
+            for item in items
+        ]
 
 
 class _Torn(Exception):
@@ -556,6 +597,7 @@ class TokenStreamWriter:
         self._raw_bytes = self._frames = 0  # of the pending chunk
         self._first = 0  # frame index of the pending chunk's first record
         self._prev: np.ndarray | None = None  # previous frame of the pending chunk (flat int32)
+        self._coded: ctxcoder.ChunkEncoder | None = None  # codec ctx: the pending chunk's coder
         self._fd: int | None = None
         if self.path.exists():
             if not append:
@@ -658,12 +700,21 @@ class TokenStreamWriter:
         flat = ids.reshape(-1).astype(np.int32)
         index, kind, body = self.frame_index, KEYFRAME, b""
         keyframe_due = h.keyframe_interval and index % h.keyframe_interval == 0
-        if h.delta and self._prev is not None and not keyframe_due:
+        if h.codec == "ctx":  # the ids are coded at flush; the record itself has no body
+            kind = DELTA if h.delta and self._prev is not None and not keyframe_due else KEYFRAME
+            if self._coded is None:
+                self._coded = ctxcoder.ChunkEncoder((h.grid_height, h.grid_width), h.codebook_size)
+            self._coded.add(kind == KEYFRAME, flat)
+            self._raw_bytes += 4 * key_size  # bounds the coded payload (at most ~3.2 x the packed ids)
+            body = None
+        elif h.delta and self._prev is not None and not keyframe_due:
             changed = flat != self._prev
             n = int(np.count_nonzero(changed))
             if bitpack.packed_size(cells, 1) + bitpack.packed_size(n, bits) < key_size:
                 kind, body = DELTA, bitpack.pack_mask(changed) + bitpack.pack(flat[changed], bits)
-        if kind == KEYFRAME:
+        if body is None:
+            body = b""
+        elif kind == KEYFRAME:
             body = bitpack.pack(flat, bits)
         self._add(_RECORD.pack(kind, index, timestamp) + body)
         self._prev = flat
@@ -698,11 +749,15 @@ class TokenStreamWriter:
             return
         raw = b"".join(self._records)
         payload = raw
-        if self.header.codec == "zlib":
+        h = self.header
+        if h.codec == "ctx":
+            coded = self._coded.finish() if self._coded is not None else rans.RansEncoder().finish(1)  # gaps only
+            payload = ctxcoder.pack_payload(raw, coded)
+        elif h.codec == "zlib":
             payload = zlib.compress(raw, self.level)
         elif self.header.codec == "zstd":
             payload = zstandard.ZstdCompressor(level=self.level, write_content_size=True).compress(raw)
-        stored = len(payload) >= len(raw)
+        stored = len(payload) >= len(raw) and h.codec != "ctx"
         if stored:
             payload = raw
         head = _CHUNK.pack(CHUNK_MAGIC, self.chunk_index, self._first, self._frames, len(self._records), len(payload),
@@ -718,7 +773,7 @@ class TokenStreamWriter:
         except OSError as err:
             self._fail(err, start)
         self.chunk_index += 1
-        self._records, self._raw_bytes, self._frames, self._prev = [], 0, 0, None
+        self._records, self._raw_bytes, self._frames, self._prev, self._coded = [], 0, 0, None, None
 
     def _fail(self, err: OSError, start: int) -> None:
         """Remove a partial chunk, close, and raise one line saying what was lost and what is intact."""
@@ -726,7 +781,7 @@ class TokenStreamWriter:
             os.ftruncate(self._fd, start)
         lost = f"chunk {self.chunk_index} ({self._frames} frames from frame {self._first}) was not written"
         kept = f"the {self.chunk_index} chunks before it are intact"
-        self._records, self._frames = [], 0
+        self._records, self._frames, self._coded = [], 0, None
         self._close_fd()
         if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
             why = "the disk is full" if err.errno != errno.EFBIG else "the file size limit was reached"

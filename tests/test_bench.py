@@ -14,9 +14,10 @@ import cv2
 import numpy as np
 import pytest
 
-from provq.edge_runtime import bench
+from provq.edge_runtime import bench, bench_video
 from provq.edge_runtime.bench_cli import NO_MATPLOTLIB, main
 from provq.edge_runtime.quality import psnr, ssim
+from provq.edge_runtime.stable import DEFAULT_MARGIN
 
 SMALL = ["--size", "128x128", "--frames", "4", "--warmup", "1"]
 TINY = ["--size", "64x64", "--frames", "2", "--warmup", "0", "--backends", "onnxruntime", "--precisions", "fp32"]
@@ -104,12 +105,40 @@ def test_codec_baselines_match_the_token_stream_size(full: dict[str, Any]) -> No
     report = full["report"]
     target = _row(report, "onnxruntime", "fp32")["bytes_per_frame"]
     codecs = {c["codec"]: c for c in report["codecs"]}
-    assert set(codecs) == {"jpeg", "webp"}
+    assert set(codecs) == {"jpeg", "webp", "h264"}  # H.264 too: the input is a video
     for c in codecs.values():
         assert c["status"] == "ok" and c["target_bytes_per_frame"] == target and 1 <= c["quality"] <= 100
         assert c["psnr_db"] > 10 and 0 < c["ssim"] <= 1 and c["encode_ms"] > 0 and c["decode_ms"] > 0
         # within a small factor, unless even quality 1 is bigger (JPEG's headers alone are ~600 bytes)
         assert 0.33 < c["bytes_ratio"] < 3 or (c["quality_limited"] and c["quality"] == 1), c
+
+
+def test_video_inputs_get_rate_distortion_points_beside_h264(full: dict[str, Any]) -> None:
+    video = full["report"]["video"]
+    points = {p["setting"]: p for p in video["points"]}
+    assert list(points) == ["zlib", "ctx", f"stable {DEFAULT_MARGIN:g}"]
+    assert points["zlib"]["psnr_db"] == points["ctx"]["psnr_db"]  # the same ids, coded two ways
+    assert points["ctx"]["changed_ids_per_frame"] == points["zlib"]["changed_ids_per_frame"] > 0
+    assert points[f"stable {DEFAULT_MARGIN:g}"]["changed_ids_per_frame"] <= points["ctx"]["changed_ids_per_frame"]
+    assert all(p["write_ms"] > 0 and p["read_ms"] > 0 for p in points.values())
+    assert len(video["h264"]) == 3
+    for point, h264 in zip(video["points"], video["h264"], strict=True):
+        assert h264["status"] == "ok" and h264["target_bytes_per_frame"] == point["bytes_per_frame"]
+        assert 0.5 < h264["bytes_ratio"] < 2 and h264["psnr_db"] > 10
+    assert "Rate-distortion" in full["markdown"].read_text()
+
+
+def test_h264_without_pyav_is_one_clear_status(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bench_video, "_import_av", lambda: None)
+    frames = [np.zeros((64, 64, 3), np.uint8)] * 2
+    assert bench_video.h264_baseline(frames, 25.0, 500.0)["status"] == bench_video.H264_MISSING
+
+
+def test_no_video_skips_h264_and_the_points(tmp_path: Path) -> None:
+    code, _out, err = _run([*TINY, "--no-video", "--json", str(tmp_path / "b.json")])
+    report = json.loads((tmp_path / "b.json").read_text())
+    assert code == 0, err
+    assert report["video"] is None and {c["codec"] for c in report["codecs"]} == {"jpeg", "webp"}
 
 
 def test_markdown_and_plot_are_written(full: dict[str, Any]) -> None:
@@ -164,6 +193,8 @@ def test_floors_ceilings_and_scoped_rows() -> None:
         (["--floor", "onnxruntime/int9:fps=1"], "BACKEND/PRECISION"),
         (["--floor", "tensorrt/int8:fps=1"], "not benchmarked"),
         (["--json", "/nonexistent/dir/b.json"], "does not exist"),
+        (["--stable-margins", "a,b"], "--stable-margins 'a,b'"),
+        (["--stable-margins", "-1"], "--stable-margins must be numbers >= 0"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, argv: list[str], phrase: str) -> None:

@@ -23,6 +23,7 @@ from provq.edge_runtime.manifest import load_manifest
 from provq.edge_runtime.outputs import gui_backend
 from provq.edge_runtime.run_cli import main as run_main
 from provq.edge_runtime.source_uri import sample_clip
+from provq.edge_runtime.stable import DEFAULT_MARGIN
 from provq.edge_runtime.tokenstream import StreamHeader, TokenStreamReader, TokenStreamWriter, stream_stats
 
 TORCH_BLOCKED = (
@@ -108,7 +109,7 @@ def test_json_figures_are_sane(full_run: tuple[Path, subprocess.CompletedProcess
     assert 0 < s["bytes_per_frame"] < s["raw_bits_per_frame"] / 8
     assert s["psnr_db"] is None  # nothing reconstructed without OUTPUT
     assert 0 < s["latency_ms_p50"] <= s["latency_ms_p95"]
-    assert set(s["stage_ms"]) == {"capture", "preprocess", "encode", "write"}
+    assert set(s["stage_ms"]) == {"capture", "preprocess", "encode", "tokens"}  # no output: nothing decoded
     assert all(0 <= ms["p50"] <= ms["p95"] for ms in s["stage_ms"].values())
     assert s["backend"] == "onnxruntime-cpu" and s["precision"] == "fp32" and s["input"] == "sample://"
     assert Path(s["model"]) == load_manifest("default").directory and s["signal"] is None
@@ -178,6 +179,26 @@ def test_delta_coding_shrinks_a_static_scene(static_scene: Path, tmp_path: Path)
     assert json.loads((tmp_path / "p.json").read_text())["bytes_per_frame"] >= s["raw_bits_per_frame"] / 8
 
 
+def test_stable_tokens_change_fewer_ids_for_the_same_quality(static_scene: Path, tmp_path: Path) -> None:
+    runs = {}
+    for name, extra in {"plain": [], "stable": ["--stable-tokens"]}.items():
+        args = [str(static_scene), str(tmp_path / f"{name}.mkv"), "--max-frames", "30", "--json", str(tmp_path / name)]
+        assert run_main([*args, *extra]) == 0
+        runs[name] = json.loads((tmp_path / name).read_text())
+    plain, stable = runs["plain"], runs["stable"]
+    assert plain["stable_tokens"] is None and stable["stable_tokens"] == DEFAULT_MARGIN  # the bare flag's margin
+    assert plain["codec"] == stable["codec"] == "ctx"
+    assert stable["changed_ids_per_frame"] < plain["changed_ids_per_frame"]
+    assert stable["bytes_per_frame"] < plain["bytes_per_frame"]
+    assert abs(stable["psnr_db"] - plain["psnr_db"]) < 0.3
+
+
+def test_a_negative_margin_is_refused_by_the_parser(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(["sample://", "--stable-tokens", "-1"])
+    assert exit_info.value.code == 2 and "--stable-tokens: must be a number >= 0" in capsys.readouterr().err
+
+
 # crashes and signals
 
 
@@ -239,6 +260,7 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "output not a video": (["sample://", str(tmp / "notes.mp4")], "is not a video"),
         "output type": (["sample://", str(tmp / "out.txt")], "unknown OUTPUT type"),
         "no fp16 files": (["sample://", "--model", str(old), "--precision", "fp16"], "has no FP16 files"),
+        "stable on tensorrt": (["sample://", "--backend", "tensorrt", "--stable-tokens"], "native TensorRT engines"),
     }
     if gui_backend() is None:
         cases["no GUI"] = (["sample://", "display://0"], "--headless")

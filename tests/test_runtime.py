@@ -17,6 +17,7 @@ import pytest
 from test_sources import ClipCameraDevice, Connection
 
 from provq.edge_runtime import pipeline as pipeline_module
+from provq.edge_runtime import token_sink
 from provq.edge_runtime.backends import Backend, open_backend
 from provq.edge_runtime.errors import EdgeError
 from provq.edge_runtime.outputs import ImageOutput, VideoOutput, gui_backend, open_output
@@ -127,7 +128,7 @@ def test_reconstructs_at_the_frame_size_with_stage_timings(backend: Backend, tmp
     assert report.frames == 5 and report.dropped == 0 and report.gaps == [] and not report.stopped
     assert report.size == (160, 90) and report.model_size == (160, 96) and report.grid == (12, 20)
     assert report.raw_bits_per_frame == 12 * 20 * 10 and report.psnr_db > 20
-    assert set(report.stage_ms) == {"capture", "preprocess", "encode", "decode", "postprocess", "write"}
+    assert set(report.stage_ms) == {"capture", "preprocess", "encode", "decode", "postprocess", "tokens", "write"}
     assert all(0 <= ms["p50"] <= ms["p95"] for ms in report.stage_ms.values())
     assert report.latency_ms["p50"] >= report.stage_ms["encode"]["p50"] and report.fps > 0
     images = [cv2.imread(str(p)) for p in sorted((tmp_path / "rec").iterdir())]
@@ -149,7 +150,7 @@ def test_without_tokens_bytes_are_counted_in_bounded_space(
             return Pipeline(source, backend, PipelineConfig(max_frames=65, tokens=tokens)).run().bytes_per_frame
 
     kept = run(tmp_path / "kept.ptok")
-    monkeypatch.setattr(pipeline_module, "SCRATCH_LIMIT", 1)  # cut the scratch stream after every chunk
+    monkeypatch.setattr(token_sink, "SCRATCH_LIMIT", 1)  # cut the scratch stream after every chunk
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "scratch"))
     (tmp_path / "scratch").mkdir()
     assert run(None) == kept

@@ -40,6 +40,7 @@ SHA = hashlib.sha256(b"codebook A").hexdigest()
 OTHER_SHA = hashlib.sha256(b"codebook B").hexdigest()
 HAVE_ZSTD = tokenstream.zstandard is not None
 CODECS = [
+    "ctx",
     "none",
     "zlib",
     pytest.param("zstd", marks=pytest.mark.skipif(not HAVE_ZSTD, reason="zstandard is not installed (provq[edge])")),
@@ -218,7 +219,8 @@ def test_static_scene_is_lossless_and_small(tmp_path: Path) -> None:
     k, h, w, n = 1024, 32, 32, 300
     frames = mostly_static(k, h, w, n, changes=4)
     sizes = {}
-    for name, kw in {"delta+zlib": {}, "delta": {"codec": "none"}, "raw": {"codec": "none", "delta": False}}.items():
+    codings = {"delta+zlib": {"codec": "zlib"}, "delta": {"codec": "none"}, "raw": {"codec": "none", "delta": False}}
+    for name, kw in codings.items():
         path = tmp_path / f"{name}.ptok"
         write(path, make_header(k, h, w, **kw), frames, frames_per_chunk=30)
         got = frames_of(read(path)[0])
@@ -238,8 +240,8 @@ def test_keyframes_follow_the_interval_and_busy_frames(tmp_path: Path) -> None:
     write(tmp_path / "a.ptok", make_header(1024, 8, 8, keyframe_interval=3), frames, frames_per_chunk=10)
     assert stream_stats(tmp_path / "a.ptok").keyframes == 4  # frames 0, 3, 6, 9
     busy = list(np.random.default_rng(0).integers(0, 1024, (10, 8, 8)))  # all new: a delta would be larger
-    write(tmp_path / "b.ptok", make_header(1024, 8, 8), busy, frames_per_chunk=10)
-    assert stream_stats(tmp_path / "b.ptok").keyframes == 10
+    write(tmp_path / "b.ptok", make_header(1024, 8, 8, codec="zlib"), busy, frames_per_chunk=10)
+    assert stream_stats(tmp_path / "b.ptok").keyframes == 10  # version 1 codings fall back to keyframes
 
 
 # ---------------------------------------------------------------------------------------------- refusals
@@ -618,7 +620,8 @@ def _env() -> dict[str, str]:
 @pytest.mark.parametrize("trial", range(5))
 def test_kill_9_keeps_every_complete_chunk(tmp_path: Path, trial: int) -> None:
     path = tmp_path / "live.ptok"
-    code = CHILD.format(sha=SHA, codec=["none", "zlib"][trial % 2])
+    codec = ["none", "zlib", "ctx"][trial % 3]
+    code = CHILD.format(sha=SHA, codec=codec)
     child = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True, env=_env())
     assert child.stdout.readline().strip() == "ready"
     time.sleep(random.Random(trial).uniform(0.0, 0.3))
@@ -633,7 +636,7 @@ def test_kill_9_keeps_every_complete_chunk(tmp_path: Path, trial: int) -> None:
     assert confirmed <= n <= confirmed + 3 and n % 3 == 0  # at most the chunk whose log line the kill swallowed
     for i, f in enumerate(items):
         assert f.index == i and f.timestamp_ms == i * 40.0 and np.array_equal(f.ids, _child_frame(i))
-    with TokenStreamWriter(path, make_header(1025, 48, 64, codec=["none", "zlib"][trial % 2]), append=True) as w:
+    with TokenStreamWriter(path, make_header(1025, 48, 64, codec=codec), append=True) as w:
         w.write(_child_frame(n), n * 40.0)
     items, report = read(path)
     assert report.ok and report.torn_tail_bytes == 0 and [f.index for f in items] == list(range(n + 1))

@@ -1,0 +1,206 @@
+"""Codec ctx (.ptok version 2) and stable tokens on real model ids: exact round trips, chunk independence, the
+version-1 codings, damage, and the size of a static scene made from a real photo with sensor noise."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from provq.edge_runtime import ctxcoder, rans
+from provq.edge_runtime.backends import open_backend
+from provq.edge_runtime.errors import EdgeError
+from provq.edge_runtime.manifest import default_model_dir, load_manifest
+from provq.edge_runtime.preprocess import prepare
+from provq.edge_runtime.stable import DEFAULT_MARGIN, StableTokens, load_codebook
+from provq.edge_runtime.tokenstream import (
+    CHUNK_HEADER_SIZE,
+    StreamHeader,
+    TokenStreamReader,
+    TokenStreamWriter,
+    stream_stats,
+)
+
+PHOTO = default_model_dir().parent / "sample" / "images" / "china.jpg"
+FRAMES = 16
+
+
+@pytest.fixture(scope="module")
+def static_scene() -> dict[str, np.ndarray]:
+    """A static camera made from a real photo: 16 frames of china.jpg at 384 x 288 with Gaussian sensor noise
+    (sigma 2.5 levels) and a slow 0.4% gain drift, through the shipped model (FP32): ids and latents."""
+    backend = open_backend("default", "onnxruntime", "fp32", latents=True)
+    image = cv2.resize(cv2.imread(str(PHOTO)), (384, 288), interpolation=cv2.INTER_AREA).astype(np.float32)
+    rng = np.random.default_rng(3)
+    ids, latents, plain = [], [], []
+    for t in range(FRAMES):
+        frame = np.clip(image * (1 + 0.004 * np.sin(t / 5)) + rng.normal(0, 2.5, image.shape), 0, 255)
+        x, _ = prepare(frame.astype(np.uint8), backend.manifest.downsample, "pad")
+        i, z = backend.encode_latents(x)
+        ids.append(i[0])
+        latents.append(z[0])
+        plain.append(backend.encode(x)[0])
+    backend.close()
+    return {"ids": np.stack(ids), "latents": np.stack(latents), "plain": np.stack(plain)}
+
+
+def _header(ids: np.ndarray, codec: str) -> StreamHeader:
+    manifest = load_manifest("default")
+    h, w = ids.shape[1:]
+    return StreamHeader(manifest.codebook_sha256, manifest.codebook_size, h, w, 8 * h, 8 * w, 8 * h, 8 * w, codec=codec)
+
+
+def _write(path: Path, ids: np.ndarray, codec: str, per_chunk: int = 8) -> None:
+    with TokenStreamWriter(path, _header(ids, codec), frames_per_chunk=per_chunk, fsync=False) as writer:
+        for t, frame in enumerate(ids):
+            writer.write(frame, 40.0 * t)
+
+
+def _read(path: Path) -> tuple[list, object]:
+    with TokenStreamReader(path) as reader:
+        frames = list(reader.frames())
+        return frames, reader.report
+
+
+@pytest.mark.parametrize("lanes", [2, 7, 64])
+def test_rans_round_trips_every_kind_of_distribution(lanes: int) -> None:
+    rng = np.random.default_rng(lanes)
+    n = 3000
+    f1 = rng.integers(1, rans.M, n)
+    bits = rng.random(n) < f1 / rans.M
+    counts = rng.integers(0, 50, (n, 7)) * (rng.random((n, 7)) < 0.7)
+    counts[:, -1] += 1
+    cdf = np.concatenate([np.zeros((n, 1), np.int64), np.cumsum(counts * rans.M // counts.sum(1, keepdims=True), 1)], 1)
+    cdf[:, -1] = rans.M
+    syms = np.array([rng.choice(np.flatnonzero(np.diff(row))) for row in cdf])
+    enc = rans.RansEncoder()
+    enc.put(*rans.binary_intervals(bits, f1))
+    pick = np.arange(n)
+    enc.put(cdf[pick, syms], cdf[pick, syms + 1] - cdf[pick, syms])
+    values = rng.integers(0, 1 << 5, 700)
+    enc.put(values << 11, np.full(700, 1 << 11))
+    data = enc.finish(lanes)
+    dec = rans.RansDecoder(data)
+    assert np.array_equal(dec.decode(1234, rans.binary_lookup(f1[:1234])), bits[:1234])  # batches need not align
+    assert np.array_equal(dec.decode(n - 1234, rans.binary_lookup(f1[1234:])), bits[1234:])
+    assert np.array_equal(dec.decode(n, rans.rows_lookup(cdf)), syms)
+    assert np.array_equal(dec.decode(700, rans.uniform_lookup(5)), values)
+    dec.check()
+    flipped = bytearray(data)
+    flipped[-2] ^= 0x55  # one word of the last lane changed: it no longer ends where it began
+    bad = rans.RansDecoder(bytes(flipped))
+    bad.decode(n, rans.binary_lookup(f1))
+    bad.decode(n, rans.rows_lookup(cdf))
+    bad.decode(700, rans.uniform_lookup(5))
+    with pytest.raises(rans.RansError):
+        bad.check()
+    with pytest.raises(rans.RansError):
+        rans.RansDecoder(data[:-2])  # cut short: the lane lengths disagree with the size
+
+
+def test_latents_output_keeps_the_ids(static_scene: dict[str, np.ndarray]) -> None:
+    assert np.array_equal(static_scene["ids"], static_scene["plain"])  # the extra output changes nothing
+
+
+@pytest.mark.parametrize("codec", ["ctx", "zlib"])
+def test_streams_round_trip_exactly_and_carry_their_version(
+    tmp_path: Path, static_scene: dict[str, np.ndarray], codec: str
+) -> None:
+    ids = static_scene["ids"]
+    _write(tmp_path / "s.ptok", ids, codec)
+    frames, report = _read(tmp_path / "s.ptok")
+    assert report.ok and len(frames) == FRAMES
+    assert all(np.array_equal(f.ids, i) for f, i in zip(frames, ids, strict=True))
+    version = struct.unpack_from("<H", (tmp_path / "s.ptok").read_bytes(), 4)[0]
+    assert version == (2 if codec == "ctx" else 1)
+
+
+def test_context_coding_halves_a_static_scene(tmp_path: Path, static_scene: dict[str, np.ndarray]) -> None:
+    ids = static_scene["ids"]
+    for codec in ("ctx", "zlib"):
+        _write(tmp_path / f"{codec}.ptok", ids, codec, per_chunk=FRAMES)
+    ctx, old = stream_stats(tmp_path / "ctx.ptok"), stream_stats(tmp_path / "zlib.ptok")
+    changed = np.mean([np.count_nonzero(ids[t] != ids[t - 1]) for t in range(1, FRAMES)])
+    print(f"ctx {ctx.bytes_per_frame:.0f} B/frame, zlib {old.bytes_per_frame:.0f}, changed ids {changed:.0f}")
+    assert changed > 20  # sensor noise does flip ids: there is something to code
+    assert ctx.total_bytes <= 0.6 * old.total_bytes
+
+
+def test_each_chunk_decodes_without_its_predecessors(tmp_path: Path, static_scene: dict[str, np.ndarray]) -> None:
+    ids = static_scene["ids"]
+    path = tmp_path / "s.ptok"
+    _write(path, ids, "ctx", per_chunk=5)  # chunks of frames 0-4, 5-9, 10-14, 15
+    data = path.read_bytes()
+    with TokenStreamReader(path) as reader:
+        start = reader.data_offset
+    starts = [i for i in range(start, len(data)) if data[i : i + 4] == b"PTKC"]
+    assert len(starts) == 4
+    alone = tmp_path / "third.ptok"
+    alone.write_bytes(data[:start] + data[starts[2] : starts[3]])  # the header and chunk 2 only
+    frames, report = _read(alone)
+    assert [f.index for f in frames] == [10, 11, 12, 13, 14]
+    assert all(np.array_equal(f.ids, ids[f.index]) for f in frames)
+    assert [(d.first_chunk, d.last_chunk) for d in report.damaged] == [(0, 1)]  # reported missing, not decoded
+
+
+def test_damaged_coded_ids_with_valid_crcs_are_reported(tmp_path: Path, static_scene: dict[str, np.ndarray]) -> None:
+    path = tmp_path / "s.ptok"
+    _write(path, static_scene["ids"], "ctx")
+    data = bytearray(path.read_bytes())
+    with TokenStreamReader(path) as reader:
+        start = reader.data_offset
+    stored = struct.unpack_from("<I", data, start + 24)[0]
+    payload = start + CHUNK_HEADER_SIZE
+    data[payload + stored - 7] ^= 0x5A  # inside the first chunk's coded ids
+    struct.pack_into("<I", data, start + 40, zlib.crc32(data[payload : payload + stored]))
+    path.write_bytes(bytes(data))
+    frames, report = _read(path)
+    assert [f.index for f in frames] == list(range(8, FRAMES))  # the second chunk is intact
+    assert report.damaged[0].first_chunk == 0 and "coded ids" in report.damaged[0].reason
+    with pytest.raises(EdgeError, match="damaged token stream"):
+        report.check()
+
+
+def test_a_version_1_header_with_codec_ctx_is_refused(tmp_path: Path, static_scene: dict[str, np.ndarray]) -> None:
+    path = tmp_path / "s.ptok"
+    _write(path, static_scene["ids"][:2], "ctx")
+    data = bytearray(path.read_bytes())
+    struct.pack_into("<H", data, 4, 1)
+    meta = struct.unpack_from("<I", data, 92)[0]
+    struct.pack_into("<I", data, 96 + meta, zlib.crc32(data[: 96 + meta]))
+    path.write_bytes(bytes(data))
+    with pytest.raises(EdgeError, match="version 1 with codec ctx"):
+        TokenStreamReader(path)
+
+
+def test_ctx_coder_rejects_ids_it_did_not_write() -> None:
+    ids = np.random.default_rng(0).integers(0, 1000, (3, 24))
+    data = ctxcoder.encode_chunk([(True, ids[0]), (False, ids[1]), (False, ids[2])], (3, 8), 1000)
+    assert [np.array_equal(a, b) for a, b in zip(ctxcoder.decode_chunk(data, [True, False, False], (3, 8), 1000),
+                                                  ids, strict=True)] == [True] * 3  # fmt: skip
+    with pytest.raises(ctxcoder.CoderError):
+        ctxcoder.decode_chunk(data, [True, False], (3, 8), 1000)  # a frame fewer: words left over
+
+
+def test_stable_tokens_hold_ids_within_the_margin(static_scene: dict[str, np.ndarray]) -> None:
+    ids, latents = static_scene["ids"], static_scene["latents"]
+    codebook = load_codebook(load_manifest("default"))
+    assert np.array_equal(StableTokens(codebook, 0.0).step(ids[1], latents[1], refresh=False), ids[1])
+    stable = StableTokens(codebook, DEFAULT_MARGIN)
+    held = [stable.step(ids[0], latents[0], refresh=True)]
+    assert np.array_equal(held[0], ids[0])  # a keyframe takes the nearest codes
+    for t in range(1, FRAMES):
+        held.append(stable.step(ids[t], latents[t], refresh=False))
+        z = np.moveaxis(latents[t], 0, -1)
+        near = np.linalg.norm(z - codebook[ids[t]], axis=-1)
+        kept = np.linalg.norm(z - codebook[held[t]], axis=-1)
+        assert np.all(kept <= (1 + DEFAULT_MARGIN) * near * (1 + 1e-5))
+    before = sum(np.count_nonzero(ids[t] != ids[t - 1]) for t in range(1, FRAMES))
+    after = sum(np.count_nonzero(held[t] != held[t - 1]) for t in range(1, FRAMES))
+    assert after < 0.5 * before
+    with pytest.raises(EdgeError, match="margin"):
+        StableTokens(codebook, -0.1)
