@@ -117,5 +117,10 @@ def quantize_graph(
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
                 calibrate_method=calibrate_method,
+                # 7-bit weights: x86 CPUs without VNNI multiply uint8 x int8 with VPMADDUBSW, whose int16 sums
+                # saturate at full 8-bit range (ONNX Runtime's quantization docs); reduce_range avoids that on every
+                # CPU. Measured on a 2-core AVX2 CPU without VNNI: 8-bit weights kept 73% of the FP32 ids on unseen
+                # photos, against about 90% on an AVX-512 VNNI CPU.
+                reduce_range=True,
                 extra_options={"WeightSymmetric": True},
             )
