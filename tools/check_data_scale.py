@@ -174,6 +174,7 @@ def main() -> None:
             "--kmeans-points", "4096", "--no-progress",
         ]  # fmt: skip
         results[name] = measure(cmd, env)
+        print(json.dumps({name: results[name]}), file=sys.stderr, flush=True)  # partial results as they come
     print(json.dumps(results, indent=2))
 
 
