@@ -19,15 +19,15 @@ def run_tool(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(TOOL), *args], capture_output=True, text=True, check=False)
 
 
-def test_untrained_costs_of_tiny_and_the_haar_candidate(tmp_path: Path) -> None:
+def test_untrained_costs_of_the_conv_and_haar_stems(tmp_path: Path) -> None:
     quick = ["--sizes", "64x64,96x64", "--runs", "2", "--warmup", "1", "--step-runs", "1", "--batch-size", "2"]
-    done = run_tool("--untrained", "--presets", "tiny,tiny-haar", "--out", str(tmp_path), *quick, "--crop", "32")
+    done = run_tool("--untrained", "--presets", "tiny-conv,tiny-haar", "--out", str(tmp_path), *quick, "--crop", "32")
     assert done.returncode == 0, done.stderr
     report = json.loads((tmp_path / "comparison.json").read_text())
     rows = {r["preset"]: r for r in report["rows"]}
-    assert rows["tiny"]["gmac_per_megapixel"]["total"] == pytest.approx(161.9, abs=0.05)
+    assert rows["tiny-conv"]["gmac_per_megapixel"]["total"] == pytest.approx(161.9, abs=0.05)
     assert rows["tiny-haar"]["gmac_per_megapixel"]["total"] == pytest.approx(63.9, abs=0.05)
-    assert rows["tiny"]["parameters"] == 2_000_267 and rows["tiny-haar"]["stem"] == "haar"
+    assert rows["tiny-conv"]["parameters"] == 2_000_267 and rows["tiny-haar"]["stem"] == "haar"
     for row in rows.values():
         assert set(row["latency_ms"]) == {"64x64", "96x64"} and min(row["latency_ms"].values()) > 0
         assert row["train_step_s"] > 0 and row["psnr_db"] is None

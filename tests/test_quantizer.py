@@ -128,9 +128,10 @@ def test_presets_encode_decode_shapes(name: str) -> None:
     assert torch.equal(model.autoencode(x), y)
 
 
-def test_tiny_preset_is_about_two_million_parameters() -> None:
+def test_tiny_presets_sizes() -> None:
     n = sum(p.numel() for p in Tokenizer(PRESETS["tiny"]).parameters())
-    assert 1.8e6 < n < 2.2e6
+    assert 2.5e6 < n < 3.1e6 and PRESETS["tiny"].stem == "haar"
+    assert sum(p.numel() for p in Tokenizer(PRESETS["tiny-conv"]).parameters()) == 2_000_267
     assert PRESETS["tiny"].downsample == 8 and PRESETS["tiny"].codebook_size == 1024
     assert PRESETS["base"].codebook_size == 16384 and PRESETS["base"].code_dim <= 16
 

@@ -144,7 +144,7 @@ def test_the_shipped_checkpoint_rebuilds_todays_network_and_gives_identical_ids(
     """default-tiny.pt predates the stem fields: it must load strictly and give the shipped ONNX files' ids."""
     state = checkpoint.load("default")
     assert not {"stem", "patch", "shortcuts"} & set(state["model_config"])
-    assert ModelConfig.from_dict(state["model_config"]) == PRESETS["tiny"] == ModelConfig()
+    assert ModelConfig.from_dict(state["model_config"]) == PRESETS["tiny-conv"] == ModelConfig()
     shipped = load_manifest(default_model_dir())
     assert shipped.data["source"]["checkpoint_sha256"] == sha256_file(checkpoint.default_checkpoint())
     model = checkpoint.load_tokenizer("default")  # strict load_state_dict: no missing or unexpected keys

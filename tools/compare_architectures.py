@@ -52,7 +52,7 @@ from provq.train.errors import ProvqError
 from provq.train.model import Tokenizer
 from provq.train.presets import PRESETS
 
-CANDIDATES = ("tiny", "tiny-s2d", "tiny-s2d-dcae", "tiny-haar", "tiny-haar-dcae")
+CANDIDATES = ("tiny-conv", "tiny-s2d", "tiny-s2d-dcae", "tiny-haar", "tiny-haar-dcae")
 BUDGET = ("batch_size", "crop", "seed", "steps")  # what must match for a reused run (TrainConfig fields)
 
 

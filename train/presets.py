@@ -1,13 +1,16 @@
 """Model presets: the one place that says how big each tokenizer is.
 
-tiny  2.0 M parameters, downsample 8, 1024 codes: CPUs and small Jetsons (162 GMAC per megapixel, encoder + decoder)
+tiny  2.8 M parameters, downsample 8, 1024 codes: CPUs and small Jetsons (64 GMAC per megapixel, encoder + decoder);
+      the tiny-haar network, the best held-out PSNR per GMAC of the stems compared in docs/ARCHITECTURES.md
 
-Candidates for a cheaper tiny, at the same tokens (downsample 8, 1024 codes of dimension 8):
+The stems compared, at the same tokens (downsample 8, 1024 codes of dimension 8):
+tiny-conv       2.0 M, 162 GMAC/MP: full-resolution 3x3 conv stem and head (the tiny preset until 2026-12; the
+                ModelConfig defaults, so checkpoints written before the stem fields existed rebuild it exactly)
 tiny-s2d        2.2 M, 89 GMAC/MP: 2x2 space-to-depth stem (12 channels at H/2), conv + pixel-shuffle head
 tiny-s2d-dcae   2.2 M, 89 GMAC/MP: tiny-s2d with DC-AE space-to-channel shortcuts around every resolution change
 tiny-haar       2.8 M, 64 GMAC/MP: 2-level Haar wavelet stem (48 channels at H/4, Cosmos' patcher), inverse-Haar head
 tiny-haar-dcae  2.8 M, 64 GMAC/MP: tiny-haar with DC-AE shortcuts
-(stems.py has the layouts; the ModelConfig defaults stay tiny's network, so old checkpoints rebuild it exactly.)
+(stems.py has the layouts.)
 
 small ~14 M parameters, downsample 8, 4096 codes: a workstation GPU
 base  ~75 M parameters, downsample 16, 16384 codes of dimension 8 behind a 1x1 projection
@@ -73,8 +76,8 @@ class ModelConfig:
 
 
 PRESETS: dict[str, ModelConfig] = {
-    "tiny": ModelConfig(),
-    # Candidates for a cheaper tiny (same tokens: downsample 8, 1024 codes of dimension 8); see the module docstring.
+    "tiny-conv": ModelConfig(),
+    # Cheaper stems at the same tokens (downsample 8, 1024 codes of dimension 8); see the module docstring.
     "tiny-s2d": ModelConfig(widths=(48, 96, 128), latent_channels=128, stem="s2d", patch=2),
     "tiny-s2d-dcae": ModelConfig(widths=(48, 96, 128), latent_channels=128, stem="s2d", patch=2, shortcuts=True),
     "tiny-haar": ModelConfig(widths=(80, 160), latent_channels=160, stem="haar", patch=4),
@@ -98,6 +101,7 @@ PRESETS: dict[str, ModelConfig] = {
         codebook_size=16384,
     ),
 }
+PRESETS["tiny"] = PRESETS["tiny-haar"]  # the measured best of the comparison (docs/ARCHITECTURES.md)
 
 
 def preset(name: str) -> ModelConfig:
