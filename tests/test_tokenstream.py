@@ -189,7 +189,7 @@ def test_fit_names_match_preprocess() -> None:
     n=st.integers(1, 7),
     change=st.floats(0.0, 1.0),
     delta=st.booleans(),
-    codec=st.sampled_from(["none", "zlib"]),
+    codec=st.sampled_from(["none", "zlib", "ctx"]),
     per_chunk=st.integers(1, 4),
     interval=st.integers(0, 3),
     seed=st.integers(0, 2**32 - 1),
