@@ -126,13 +126,13 @@ def test_non_finite_steps_are_skipped_and_counted(
 
     monkeypatch.setattr(trainer_module, "reconstruction_loss", sometimes_nan)
     trainer = Trainer(_fast(photo_dir, tmp_path / "nan", steps=8, warmup_steps=2, transition_steps=2))
-    weights = trainer.model.encoder.layers[0].weight.detach().clone()
+    weights = next(trainer.model.encoder.parameters()).detach().clone()
     trainer.step = 0
     trainer.train_step(trainer.data.batch(0, 4))
-    after_good = trainer.model.encoder.layers[0].weight.detach().clone()
+    after_good = next(trainer.model.encoder.parameters()).detach().clone()
     assert not torch.equal(weights, after_good)
     assert trainer.train_step(trainer.data.batch(1, 4)) is None  # NaN: skipped, weights untouched
-    assert torch.equal(trainer.model.encoder.layers[0].weight.detach(), after_good)
+    assert torch.equal(next(trainer.model.encoder.parameters()).detach(), after_good)
     trainer.step = 0
     calls["n"] = 0
     metrics = trainer.run()
