@@ -16,8 +16,8 @@ import torch
 
 from provq.train.checkpoint import load_tokenizer
 from provq.train.errors import ProvqError
+from provq.train.evaluation import evaluate
 from provq.train.streaming import source_frames
-from provq.train.trainer import evaluate
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,28 +9,25 @@ Each rank draws its own batches (``--batch-size`` per process); rank 0 alone eva
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import math
 import os
 import signal
 import sys
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from . import checkpoint, distributed, peer_quantizers
-from .data import center_crop, check_crop, to_tensor
+from .data import check_crop
 from .errors import ProvqError
+from .evaluation import evaluate, rank_digests
 from .int8_sim import half_code_spacing, simulated_int8
 from .losses import (
     PatchDiscriminator,
@@ -39,11 +36,12 @@ from .losses import (
     hinge_discriminator_loss,
     reconstruction_loss,
 )
-from .metrics import CodeUsage, psnr, ssim
+from .metrics import CodeUsage, psnr
 from .model import Tokenizer
 from .presets import ModelConfig, preset
 from .quantizer import margin_loss
 from .schedule import Schedule
+from .stop_signals import catch_stop_signals
 from .streaming import TrainingData
 
 log = logging.getLogger(__name__)
@@ -126,82 +124,12 @@ class Diverged(ProvqError):
     """Too many non-finite losses in a row."""
 
 
-@contextlib.contextmanager
-def _catch_stop_signals() -> Iterator[list[int]]:
-    """Record SIGINT/SIGTERM instead of dying, so the loop can checkpoint and stop between steps.
-
-    Signal handlers can only be set from the main thread; elsewhere (a library caller's worker thread) the
-    signals keep their usual effect.
-    """
-    received: list[int] = []
-    previous: dict[int, Any] = {}
-    if threading.current_thread() is threading.main_thread():
-        for s in (signal.SIGINT, signal.SIGTERM):
-            previous[s] = signal.getsignal(s)
-            signal.signal(s, lambda signum, _frame: received.append(signum))
-    try:
-        yield received
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-
-
 def learning_rate(cfg: TrainConfig, step: int) -> float:
     """Linear warm-up to cfg.lr, then cosine decay to 10% of it at cfg.steps."""
     if step < cfg.lr_warmup_steps:
         return cfg.lr * (step + 1) / cfg.lr_warmup_steps
     frac = min(1.0, (step - cfg.lr_warmup_steps) / max(1, cfg.steps - cfg.lr_warmup_steps))
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * frac)))
-
-
-@torch.no_grad()
-def evaluate(model: Tokenizer, frames: list[np.ndarray], *, size: int, device: torch.device) -> dict[str, float]:
-    """Hard-VQ metrics on validation frames (centre crops): PSNR, SSIM, codebook usage, perplexity.
-
-    ``psnr_continuous_db`` decodes the unquantized latents: the ceiling the codebook could reach.
-    """
-    was_training = model.training
-    model.eval()
-    usage = CodeUsage(model.config.codebook_size)
-    scores: dict[str, list[float]] = {"psnr_db": [], "ssim": [], "psnr_continuous_db": []}
-    crops = [center_crop(f, size, model.downsample) for f in frames]
-    by_shape: dict[tuple[int, ...], list[np.ndarray]] = {}
-    for c in crops:
-        by_shape.setdefault(c.shape, []).append(c)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-    for group in by_shape.values():
-        for start in range(0, len(group), 8):
-            x = to_tensor(np.stack(group[start : start + 8])).to(device)
-            with autocast:
-                ids = model.encode(x)
-                y = model.decode(ids).float()
-                y_cont = model.decode_latents(model.latents(x)).float().clamp(-1, 1)
-            usage.update(ids)
-            scores["psnr_db"] += psnr(y, x).tolist()
-            scores["ssim"] += ssim(y, x).tolist()
-            scores["psnr_continuous_db"] += psnr(y_cont, x).tolist()
-    model.train(was_training)
-    result = {k: float(np.mean(v)) for k, v in scores.items()}
-    result["codebook_usage"] = usage.usage()
-    result["perplexity"] = usage.perplexity()
-    return result
-
-
-def _sha256(tensors: list[torch.Tensor]) -> str:
-    digest = hashlib.sha256()
-    for t in tensors:
-        digest.update(t.detach().float().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
-def _rank_digests(model: Tokenizer, ctx: distributed.DistContext) -> dict[str, list[str]]:
-    """sha256 of the codebook and of all parameters on every rank: data-parallel ranks must agree bit for bit."""
-    out: dict[str, list[str]] = {}
-    for name, tensors in (("codebook", [model.quantizer.codebook]), ("model", list(model.parameters()))):
-        mine = torch.tensor(list(bytes.fromhex(_sha256(tensors))), dtype=torch.float64, device=ctx.device)
-        gathered = distributed.all_gather_rows(mine[None])
-        out[name] = [bytes(int(v) for v in row.tolist()).hex() for row in gathered]
-    return out
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
@@ -465,7 +393,7 @@ class Trainer:
         stop = min(cfg.steps, cfg.stop_at or cfg.steps)
         batches = self.data.batches(self.step, cfg.batch_size, stop=stop, device=self.ctx.device)
         first_step = self.step
-        with _catch_stop_signals() as received, contextlib.closing(batches):
+        with catch_stop_signals() as received, contextlib.closing(batches):
             while self.step < stop:
                 if distributed.any_rank(bool(received), self.ctx.device):
                     self.save()
@@ -520,7 +448,7 @@ class Trainer:
             "schedule": self.schedule.to_dict(),
             "world_size": self.ctx.world_size,
             "nan_steps_skipped": self.nan_steps,
-            "rank_sha256": _rank_digests(self.model, self.ctx),
+            "rank_sha256": rank_digests(self.model, self.ctx),
             "rank_data": data_report,
             "history": self.history,
         }
@@ -561,4 +489,4 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         distributed.teardown()
 
 
-__all__ = ["Diverged", "Stopped", "TrainConfig", "Trainer", "evaluate", "learning_rate", "train"]
+__all__ = ["Diverged", "Stopped", "TrainConfig", "Trainer", "learning_rate", "train"]
