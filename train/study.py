@@ -78,6 +78,7 @@ class StudyConfig:
     kmeans_points: int = 0  # latents for the k-means inits (provq, kmeans-restart); 0 = 20 x codebook size
     eval_every: int | None = None  # validation interval; default steps / 10
     val_size: int = 256  # validation frames are centre-cropped to at most this size
+    val_frames: int = 256  # at most this many validation frames, spread evenly over the validation set
     device: str = "cpu"  # cpu, cuda or auto
     progress: bool = True
 
@@ -108,6 +109,7 @@ def train_config(study: StudyConfig, method: str, seed: int) -> TrainConfig:
         eval_every=study.eval_every or max(1, study.steps // 10),
         checkpoint_every=study.steps,
         val_size=study.val_size,
+        val_frames=study.val_frames,
         seed=seed,
         device=study.device,
         progress=study.progress,
@@ -326,6 +328,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--val-size", type=int, default=d.val_size, help="validation centre-crop size (default: %(default)s)"
     )
+    p.add_argument(
+        "--val-frames",
+        type=int,
+        default=d.val_frames,
+        help="at most this many validation frames, spread evenly (default: %(default)s)",
+    )
     p.add_argument("--device", default=d.device, choices=("auto", "cpu", "cuda"), help="(default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
@@ -356,6 +364,7 @@ def main(argv: list[str] | None = None) -> int:
             kmeans_points=args.kmeans_points,
             eval_every=args.eval_every,
             val_size=args.val_size,
+            val_frames=args.val_frames,
             device=args.device,
             progress=not args.no_progress,
         )
