@@ -49,6 +49,11 @@ LAST_CONV_WHY = (
     "writes the output image: INT8 on its input cost 0.13 of the INT8 decoder's 0.23 dB on bikes.mp4 (docs/INT8.md); "
     "32 -> 3 channels, cheap in FP32"
 )
+HAAR_WHY = (
+    "the Haar stem's analysis and the first learned Conv, which reads its bands: the low band carries local pixel "
+    "sums (up to +-4), the detail bands values near 0, so one per-tensor INT8 scale wipes out the detail "
+    "(docs/INT8.md); 7% of the encoder's MACs"
+)
 ALWAYS_FP32 = "nearest-code search and codebook lookup (/quantizer/*): never quantized, ids must not flip"
 
 
@@ -65,13 +70,20 @@ class CalibrationConfig:
     keep_fp32: dict[str, dict[str, str]] | None = None  # {part: {Conv name: why}}; None = default_keep_fp32()
 
 
+def _convs(manifest: mf.Manifest, part: str) -> list[str]:
+    graph = onnx.load(str(manifest.path("fp32", part)), load_external_data=False).graph
+    return [node.name for node in graph.node if node.op_type == "Conv"]
+
+
 def default_keep_fp32(manifest: mf.Manifest) -> dict[str, dict[str, str]]:
-    """DEFAULT_KEEP_FP32 plus the decoder's last Conv, named as in this model's decoder graph."""
-    graph = onnx.load(str(manifest.path("fp32", "decoder")), load_external_data=False).graph
-    convs = [node.name for node in graph.node if node.op_type == "Conv"]
+    """DEFAULT_KEEP_FP32 plus the decoder's last Conv and, for a Haar stem, the encoder's first two Convs, named as in
+    this model's graphs."""
     keep = {part: dict(nodes) for part, nodes in DEFAULT_KEEP_FP32.items()}
-    if convs:
-        keep["decoder"][convs[-1]] = LAST_CONV_WHY
+    decoder = _convs(manifest, "decoder")
+    if decoder:
+        keep["decoder"][decoder[-1]] = LAST_CONV_WHY
+    if manifest.data.get("model_config", {}).get("stem") == "haar":
+        keep["encoder"].update(dict.fromkeys(_convs(manifest, "encoder")[:2], HAAR_WHY))
     return keep
 
 
@@ -95,7 +107,7 @@ def _cache_key(manifest: mf.Manifest, fingerprint: str, cfg: CalibrationConfig) 
     model = [manifest.data["sha256"][manifest.path("fp32", part).name] for part in mf.PARTS]
     settings = {"model": model, "data": fingerprint, "method": cfg.method, "frames": cfg.frames,
                 "engine": cfg.engine, "size": list(cfg.size), "evaluation_frames": cfg.evaluation_frames,
-                "keep_fp32": cfg.keep_fp32, "format": 3}  # fmt: skip
+                "keep_fp32": cfg.keep_fp32, "format": 4}  # fmt: skip
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -128,7 +140,7 @@ def _run(manifest: mf.Manifest, sets: frame_selection.FrameSets, cfg: Calibratio
     _quantize(cfg.engine, dec32, dec8, dec_in, ids, method=cfg.method,
               keep_fp32=list(cfg.keep_fp32["decoder"]), **_cpu_arg(cpu, "decoder"))  # fmt: skip
     log.info("measuring INT8 against FP32 on %d held-out frames", len(sets.evaluation))
-    figures = compare((enc32, dec32), (enc8, dec8), sets.evaluation, (enc_in, dec_in))
+    figures = compare((enc32, dec32), (enc8, dec8), sets.evaluation, (enc_in, dec_in), exact=True)
     cpu_figures = (
         compare((enc32, dec32), (cpu["encoder"], cpu["decoder"]), sets.evaluation, (enc_in, dec_in)) if cpu else None
     )
@@ -137,7 +149,9 @@ def _run(manifest: mf.Manifest, sets: frame_selection.FrameSets, cfg: Calibratio
         log.info("measuring an FP16 encoder with the INT8 decoder on the same frames")
         enc16 = manifest.path("fp16", "encoder")
         manifest.verify(enc16)
-        split = compare((enc32, dec32), (rounding_emulation(enc16), dec8), sets.evaluation, (enc_in, dec_in))
+        split = compare(
+            (enc32, dec32), (rounding_emulation(enc16), dec8), sets.evaluation, (enc_in, dec_in), exact=True
+        )
     kept = [{"node": "/quantizer/*", "precision": "fp32", "why": ALWAYS_FP32}]
     for part, nodes in cfg.keep_fp32.items():
         kept += [{"part": part, "node": name, "precision": "fp32", "why": why} for name, why in nodes.items()]

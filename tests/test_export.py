@@ -111,7 +111,8 @@ def test_fp16_files_keep_the_search_fp32_and_keep_the_ids(exported: Path, unseen
     search = [name for name in inputs if name.startswith(("/quantizer/", "/quant_proj/"))]
     assert len(search) >= 8 and all(TensorProto.FLOAT16 not in inputs[name] for name in search)
     body = [n.name for n in encoder.node if n.op_type == "Conv" and n.name.startswith("/encoder/")]
-    assert len(body) == 15 and all(inputs[name] == {TensorProto.FLOAT16} for name in body)
+    # the shipped tiny model's encoder: the Haar analysis and 9 learned Convs
+    assert len(body) == 10 and all(inputs[name] == {TensorProto.FLOAT16} for name in body)
     assert [(v.name, v.type.tensor_type.elem_type) for v in (*encoder.input, *encoder.output)] == [
         ("images", TensorProto.FLOAT), ("ids", TensorProto.INT32)]  # fmt: skip
     decoder = onnx.load(str(exported / "decoder.fp16.onnx")).graph

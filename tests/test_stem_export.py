@@ -13,13 +13,14 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from provq.calibration.calibrate import default_keep_fp32
 from provq.edge_runtime.manifest import default_model_dir, load_manifest
 from provq.export.macs import count_macs
 from provq.export.onnx_export import export_model, parity_frames
 from provq.export.trt_check import check_model_dir
 from provq.train import checkpoint
 from provq.train.model import Tokenizer
-from provq.train.presets import ModelConfig
+from provq.train.presets import PRESETS, ModelConfig
 
 SMALL = {  # the candidate presets' stems at small widths, for speed; tiny-s2d and tiny-haar are these without the
     # shortcuts, so these two graphs hold every operator of the four candidates
@@ -84,6 +85,18 @@ def test_every_stem_exports_with_parity_and_passes_the_tensorrt_check(candidate:
         assert counted == pytest.approx(compute[part], abs=1e-4) and compute[part] > 0
 
 
+def test_a_haar_stem_keeps_its_analysis_and_the_conv_reading_its_bands_fp32(candidate: tuple[str, Path, Path]) -> None:
+    name, _, model_dir = candidate
+    manifest = load_manifest(model_dir)
+    keep = default_keep_fp32(manifest)
+    encoder = [n for n in onnx.load(str(manifest.path("fp32", "encoder"))).graph.node if n.op_type == "Conv"]
+    head = {n.name for n in encoder[:2]}
+    if name.startswith("haar"):
+        assert head <= set(keep["encoder"])  # the fixed analysis (a Constant weight) and the first learned Conv
+    else:
+        assert not head & set(keep["encoder"])  # a space-to-depth stem's channels are pixels: one scale fits them
+
+
 def test_int8_calibration_keeps_the_head_conv_fp32(candidate: tuple[str, Path, Path], tmp_path: Path) -> None:
     name, _, exported = candidate
     if name != "haar-dcae":  # its graphs hold every operator the others do (Haar stem and head, shortcuts' reshapes)
@@ -116,8 +129,8 @@ def test_int8_calibration_keeps_the_head_conv_fp32(candidate: tuple[str, Path, P
         assert out.shape == x.shape and np.isfinite(out).all()
 
 
-def test_mac_count_of_todays_tiny_matches_a_hand_count() -> None:
-    """The shipped tiny model's ONNX graphs against its layers counted by hand at 256 x 256."""
+def test_mac_count_of_the_conv_stem_network_matches_a_hand_count(tmp_path: Path) -> None:
+    """The exported graphs of the `tiny-conv` network against its layers counted by hand at 256 x 256."""
     p = 256 * 256  # full-resolution positions; level l has p / 4**l
     encoder = (9 * 3 * 32 * p + 2 * 9 * 32 * 32 * p  # stem, residual block at 32
                + 9 * 32 * 64 * p // 4 + 2 * 9 * 64 * 64 * p // 4  # stride-2 conv to 64, block
@@ -129,11 +142,14 @@ def test_mac_count_of_todays_tiny_matches_a_hand_count() -> None:
                + 9 * 112 * 96 * p // 16 + 2 * 9 * 96 * 96 * p // 16  # nearest 2x + conv to 96, block
                + 9 * 96 * 64 * p // 4 + 2 * 9 * 64 * 64 * p // 4  # to 64, block
                + 9 * 64 * 32 * p + 2 * 9 * 32 * 32 * p + 9 * 32 * 3 * p)  # to 32, block, head  # fmt: skip
-    model = default_model_dir()
+    model = tmp_path / "model"
+    export_model(write_checkpoint(PRESETS["tiny-conv"], tmp_path / "last.pt"), model)
     enc = count_macs(model / "encoder.onnx", 256, 256, downsample=8)
     dec = count_macs(model / "decoder.onnx", 256, 256, downsample=8)
     assert (enc.macs, dec.macs) == (encoder, decoder)
     assert enc.by_op["MatMul"] == 8 * 1024 * p // 64 and "MatMul" not in dec.by_op
     assert enc.gmac_per_megapixel + dec.gmac_per_megapixel == pytest.approx(161.9, abs=0.05)
+    shipped = load_manifest(default_model_dir()).gmac_per_megapixel  # the Haar-stem default: 2.5x less
+    assert shipped["encoder"] + shipped["decoder"] == pytest.approx(63.9, abs=0.05)
     wide = count_macs(model / "decoder.onnx", 192, 320, downsample=8)  # per megapixel it does not depend on size
     assert wide.gmac_per_megapixel == pytest.approx(dec.gmac_per_megapixel, rel=1e-9)

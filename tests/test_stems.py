@@ -140,11 +140,27 @@ def test_bad_stem_arguments_are_one_clear_error(fields: dict, message: str) -> N
         ModelConfig.from_dict({**ModelConfig().to_dict(), **fields})
 
 
-def test_the_shipped_checkpoint_rebuilds_todays_network_and_gives_identical_ids(unseen_photo_dir: Path) -> None:
-    """default-tiny.pt predates the stem fields: it must load strictly and give the shipped ONNX files' ids."""
+def test_a_checkpoint_written_before_the_stem_fields_rebuilds_the_conv_network(tmp_path: Path) -> None:
+    """Checkpoints written before `stem`, `patch` and `shortcuts` existed describe the `tiny-conv` network: they load
+    strictly (no missing or unexpected keys) and give the ids of the network they were saved from."""
+    torch.manual_seed(0)
+    model = Tokenizer(PRESETS["tiny-conv"]).eval()
+    config = {k: v for k, v in PRESETS["tiny-conv"].to_dict().items() if k not in ("stem", "patch", "shortcuts")}
+    state = {"format": checkpoint.FORMAT, "version": checkpoint.VERSION, "preset": "tiny", "step": 0,
+             "model_config": config, "model": model.state_dict()}  # fmt: skip
+    checkpoint.save_atomic(state, tmp_path / "old.pt")
+    assert ModelConfig.from_dict(config) == PRESETS["tiny-conv"] == ModelConfig()
+    loaded = checkpoint.load_tokenizer(tmp_path / "old.pt")
+    x = _photo((96, 64))
+    with torch.no_grad():
+        ids = model.encode(x)
+        assert torch.equal(loaded.encode(x), ids) and torch.equal(loaded.decode(ids), model.decode(ids))
+
+
+def test_the_shipped_checkpoint_gives_the_shipped_onnx_files_ids(unseen_photo_dir: Path) -> None:
+    """default-tiny.pt (the Haar-stem `tiny`) loads strictly and gives the ids of the ONNX files exported from it."""
     state = checkpoint.load("default")
-    assert not {"stem", "patch", "shortcuts"} & set(state["model_config"])
-    assert ModelConfig.from_dict(state["model_config"]) == PRESETS["tiny-conv"] == ModelConfig()
+    assert ModelConfig.from_dict(state["model_config"]) == PRESETS["tiny"]
     shipped = load_manifest(default_model_dir())
     assert shipped.data["source"]["checkpoint_sha256"] == sha256_file(checkpoint.default_checkpoint())
     model = checkpoint.load_tokenizer("default")  # strict load_state_dict: no missing or unexpected keys
