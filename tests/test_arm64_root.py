@@ -8,6 +8,7 @@ cores it takes tens of minutes.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -32,7 +33,7 @@ def test_jetson_install_and_tokens_in_an_arm64_root(tmp_path: Path) -> None:
     assert done.returncode == 0 and "error" not in report, done.stderr[-3000:]
     assert report["root"]["machine"] == "aarch64"
     steps = report["steps"]
-    assert all(step["rc"] == 0 for name, step in steps.items() if name != "pypi_root_ca"), steps
+    assert [steps[name]["rc"] for name in ("install", "run", "decode", "bench", "numpy2_run")] == [0, 0, 0, 0, 2]
     numpy_line, cv2_line, _ort = steps["versions"]["tail"].splitlines()[-3:]
     # The venv keeps Debian's numpy 1.x, the one its python3-opencv is built against.
     assert numpy_line.startswith(report["root"]["python3-numpy"].split("-")[0].split(":")[-1])
@@ -40,5 +41,19 @@ def test_jetson_install_and_tokens_in_an_arm64_root(tmp_path: Path) -> None:
     doctor = steps["doctor"]["tail"]
     for line in ("ok       GStreamer:", "missing  TensorRT:", "ok       backend onnxruntime-cpu"):
         assert line in doctor, doctor
+    # With a numpy 2 in the venv (the old install's failure), provq-run says so in one line, no traceback.
+    broken = steps["numpy2_run"]["tail"]
+    assert broken.startswith("provq-run: error: OpenCV (") and "pip install 'numpy<2'" in broken, broken
+    assert len(broken.splitlines()) == 1 and "Traceback" not in broken
     ids = report["ids"]
     assert ids["frames"] == 80 and ids["agreement"] >= 0.999, ids
+
+
+def test_the_tool_runs_the_readme_jetson_command() -> None:
+    """The emulated run takes its install command from the README's Installing table, so the two cannot drift."""
+    spec = importlib.util.spec_from_file_location("arm64_root", TOOL)
+    assert spec is not None and spec.loader is not None
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    command = tool.jetson_install_command()
+    assert command == 'python3 -m venv --system-site-packages .venv && .venv/bin/pip install ".[edge]"'

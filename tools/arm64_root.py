@@ -126,7 +126,9 @@ def ensure_host_tools() -> None:
 
 @contextlib.contextmanager
 def mounted(root: Path) -> Iterator[None]:
-    """/proc, /sys and /dev of the host inside the root while the block runs (unmounted in reverse order)."""
+    """/proc, /sys and /dev of the host inside the root while the block runs (unmounted in reverse order; what a
+    killed earlier run left mounted there is unmounted first)."""
+    unmount(root)
     done: list[Path] = []
     try:
         for src, dst, args in (
@@ -158,12 +160,22 @@ def in_root(root: Path, script: str, cwd: str = "/", env: dict[str, str] | None 
     return done.returncode, done.stdout, time.monotonic() - start
 
 
+def unmount(root: Path) -> list[Path]:
+    """Unmount whatever is mounted on the root's proc, sys and dev (made slaves first, so that nothing propagates
+    back to the host's own mounts); returns those three paths."""
+    mounts = [root / d for d in ("proc", "sys", "dev")]
+    for target in mounts:
+        if target.is_mount():
+            _sh(["mount", "--make-rslave", str(target)])
+            _sh(["umount", "-R", "-l", str(target)])
+    return mounts
+
+
 def remove_root(root: Path) -> None:
     """Delete a root (a half-built one too), after making sure no host /proc, /sys or /dev is mounted inside it."""
     if not root.exists():
         return
-    mounts = [root / d for d in ("proc", "sys", "dev")]
-    _sh(["umount", "-R", "-l", *map(str, mounts)])
+    mounts = unmount(root)
     if any(m.is_mount() for m in mounts):
         raise Failure(f"{root} still has host file systems mounted (umount -R {root}/dev {root}/sys {root}/proc)")
     shutil.rmtree(root)
@@ -259,7 +271,10 @@ def id_agreement(a: Path, b: Path) -> dict[str, Any]:
 
 
 def run_in_root(root: Path, ca_bundle: Path | None, report: dict[str, Any]) -> None:
-    """Install as the README says, then doctor, run, decode and bench; fills report["steps"]."""
+    """Install as the README says, then doctor, run, decode and bench; then, with a numpy 2 put into the venv (as
+    the README's install did before it kept numpy below 2 on aarch64), provq-run and provq-doctor must say so in one
+    line (exit 2 and 1); the numpy 2 is removed again. Fills report["steps"]: command, exit status, wall seconds and
+    the output's last lines of each."""
     env: dict[str, str] = {}
     if ca_bundle is not None:
         shutil.copy2(ca_bundle, root / ROOT_CA.lstrip("/"))
@@ -267,25 +282,29 @@ def run_in_root(root: Path, ca_bundle: Path | None, report: dict[str, Any]) -> N
     shutil.copy2("/etc/resolv.conf", root / "etc/resolv.conf")
     venv = f"{PROJECT}/.venv/bin"
     ort = importlib.metadata.version("onnxruntime")
-    steps = [
-        ("pypi_root_ca", PYPI_PROBE, PROJECT),
-        ("install", jetson_install_command(), PROJECT),
-        ("onnxruntime", f"{venv}/pip install onnxruntime=={ort}", PROJECT),
+    steps = [  # name, script, directory, the exit status it must have (None: any)
+        ("pypi_root_ca", PYPI_PROBE, PROJECT, None),
+        ("install", jetson_install_command(), PROJECT, 0),
+        ("onnxruntime", f"{venv}/pip install onnxruntime=={ort}", PROJECT, 0),
         ("versions", f"{venv}/python -c \"import numpy, cv2, onnxruntime; print(numpy.__version__, numpy.__file__); "
-                     "print(cv2.__version__, cv2.__file__); print(onnxruntime.__version__)\"", PROJECT),
-        ("doctor", f"{venv}/provq-doctor", PROJECT),
-        ("run", f"mkdir -p work && cd work && rm -f clip.ptok && {venv}/provq-run {' '.join(RUN_ARGS)}", PROJECT),
-        ("decode", f"rm -f decoded.mp4 && {venv}/provq-decode {' '.join(DECODE_ARGS)}", f"{PROJECT}/work"),
-        ("bench", f"{venv}/provq-bench {' '.join(BENCH_ARGS)}", f"{PROJECT}/work"),
+                     "print(cv2.__version__, cv2.__file__); print(onnxruntime.__version__)\"", PROJECT, 0),
+        ("doctor", f"{venv}/provq-doctor", PROJECT, 0),
+        ("run", f"mkdir -p work && cd work && rm -f clip.ptok && {venv}/provq-run {' '.join(RUN_ARGS)}", PROJECT, 0),
+        ("decode", f"rm -f decoded.mp4 && {venv}/provq-decode {' '.join(DECODE_ARGS)}", f"{PROJECT}/work", 0),
+        ("bench", f"{venv}/provq-bench {' '.join(BENCH_ARGS)}", f"{PROJECT}/work", 0),
+        ("numpy2_install", f"{venv}/pip install 'numpy>=2'", PROJECT, 0),
+        ("numpy2_run", f"{venv}/provq-run sample:// --max-frames 1", PROJECT, 2),
+        ("numpy2_doctor", f"{venv}/provq-doctor", PROJECT, 1),
+        ("numpy2_remove", f"{venv}/pip uninstall -y numpy && {venv}/python -c 'import cv2'", PROJECT, 0),
     ]  # fmt: skip
     report["steps"] = {}
     with mounted(root):
-        for name, script, cwd in steps:
+        for name, script, cwd, expected in steps:
             rc, out, wall = in_root(root, script, cwd, env)
             report["steps"][name] = {"command": script, "rc": rc, "wall_s": round(wall, 1), "tail": _tail(out)}
             print(f"arm64_root: {name}: exit {rc} in {wall:.0f} s", file=sys.stderr, flush=True)
-            if rc != 0 and name != "pypi_root_ca":
-                raise Failure(f"step {name!r} failed in the root (exit {rc}): {_tail(out, 1)}")
+            if expected is not None and rc != expected:
+                raise Failure(f"step {name!r} exited {rc} in the root, not {expected}: {_tail(out, 1)}")
 
 
 def main(argv: list[str] | None = None) -> int:
