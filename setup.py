@@ -18,12 +18,14 @@ STAGES = {
 
 # The runtime needs numpy, OpenCV and ONNX Runtime; calibration and the TensorRT check also need onnx. On aarch64
 # (Jetson) JetPack's own OpenCV (with GStreamer) and NVIDIA's onnxruntime-gpu wheel must not be shadowed by PyPI
-# builds, so they are required only elsewhere.
+# builds, so they are required only elsewhere; and that system OpenCV is built against the system's numpy 1.x, which
+# a numpy 2 in the venv would shadow (onnx's ml_dtypes >= 0.7 asks for numpy 2), so numpy stays below 2 there.
 BASE = [
-    "numpy>=1.24",
+    "numpy>=1.24; platform_machine != 'aarch64'",
+    "numpy>=1.24,<2; platform_machine == 'aarch64'",
     "opencv-python-headless>=4.8; platform_machine != 'aarch64'",
     "onnxruntime>=1.17; platform_machine != 'aarch64'",
-    "onnx>=1.15",  # provq-calibrate and provq-export check read and write ONNX graphs; the runtime does not
+    "onnx>=1.15",  # provq-calibrate and provq-export check read and write ONNX graphs; the runtime for --stable-tokens
 ]
 
 EXTRAS = {
@@ -73,9 +75,10 @@ setup(
             "provq-study = provq.train.study:main",
             "provq-export = provq.export.cli:main",
             "provq-calibrate = provq.calibration.cli:main",
-            "provq-run = provq.edge_runtime.run_cli:main",
-            "provq-decode = provq.edge_runtime.decode_cli:main",
-            "provq-bench = provq.edge_runtime.bench_cli:main",
+            "provq-run = provq.edge_runtime.commands:run",
+            "provq-decode = provq.edge_runtime.commands:decode",
+            "provq-bench = provq.edge_runtime.commands:bench",
+            "provq-doctor = provq.edge_runtime.doctor:main",
         ]
     },
 )

@@ -9,5 +9,6 @@ It imports with numpy, OpenCV and ONNX Runtime (or TensorRT) alone, never torch.
     tokenstream, bitpack  the .ptok token stream (docs/PTOK.md)
     pipeline, outputs     the threaded capture -> inference -> writing pipeline; run_cli / decode_cli: the commands
     bench, bench_report   provq-bench; quality: PSNR and SSIM
+    doctor                provq-doctor: what this machine has for each backend; opencv_import, commands: cv2 checks
     assets/sample         real photos and a short real clip (see ATTRIBUTION.md)
 """

@@ -11,6 +11,20 @@ import pytest
 
 from provq.train.data import sample_dir
 
+AARCH64_SWITCH = "PROVQ_CI_AARCH64"  # =1: run the aarch64-marked tests (the emulated arm64 root) too
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect tests marked ``aarch64`` unless ``-m`` names that marker or PROVQ_CI_AARCH64=1."""
+    import os
+
+    if "aarch64" in (config.option.markexpr or "") or os.environ.get(AARCH64_SWITCH) == "1":
+        return
+    deselected = [item for item in items if item.get_closest_marker("aarch64")]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = [item for item in items if not item.get_closest_marker("aarch64")]
+
 
 def _write_resized(images: dict[str, np.ndarray], folder: Path, side: int) -> Path:
     """RGB uint8 images saved as PNG with the longer side resized to ``side``."""

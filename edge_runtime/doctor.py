@@ -1,0 +1,237 @@
+"""``provq-doctor``: what this machine has for provq's runtime, and for each missing piece the command that fixes it.
+
+    provq-doctor            # one line per component, then one line per backend
+    provq-doctor --json     # the same as JSON
+
+The first thing to run on a Jetson. It reports the platform (machine, Python, the venv and whether it sees the
+system site-packages), the L4T release (/etc/nv_tegra_release) and JetPack (the ``nvidia-jetpack`` package) where
+present, numpy, OpenCV (version, file, GStreamer and FFmpeg in its build), ONNX Runtime (version, execution
+providers), onnx, TensorRT, cuda-python (and the CUDA toolkit it must match) and zstandard; then, for each backend,
+whether it can run here and, if not, what is missing with the command that fixes it. Every probe is a real import
+or file read: nothing is downloaded, no GPU is touched beyond importing its libraries, torch is never imported.
+Exit status 0 when OpenCV imports and at least one backend can run, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import platform
+import shutil
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .errors import EdgeError
+from .opencv_import import ON_ARM, import_cv2
+
+PROG = "provq-doctor"
+OK, MISSING, INFO = "ok", "missing", "info"
+CUDA_VERSION_FILE = Path("/usr/local/cuda/version.json")
+ORT_GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+INSTALL_ORT = (
+    "NVIDIA's onnxruntime-gpu wheel for your JetPack (Jetson AI Lab or a source build; PyPI's onnxruntime-gpu has "
+    "no aarch64 build), or PyPI's CPU build: pip install onnxruntime"
+    if ON_ARM
+    else "pip install onnxruntime (or onnxruntime-gpu on a CUDA machine; never both in one environment)"
+)
+INSTALL_ORT_GPU = (
+    "install NVIDIA's onnxruntime-gpu wheel for your JetPack (Jetson AI Lab or a source build) instead of onnxruntime"
+    if ON_ARM
+    else "on a machine with an NVIDIA GPU: pip uninstall onnxruntime && pip install onnxruntime-gpu"
+)
+
+
+@dataclass(frozen=True)
+class Check:
+    """One line of the report: a component or a backend, its state (ok, missing, info), what was found, the fix."""
+
+    name: str
+    state: str
+    detail: str
+    fix: str | None = None
+
+    def line(self) -> str:
+        fix = f" -> fix: {self.fix}" if self.fix else ""
+        return f"  {self.state:<8} {self.name}: {self.detail}{fix}"
+
+
+def _version(*dists: str) -> str | None:
+    for dist in dists:
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def _environment() -> str:
+    """Where this Python runs: a venv (and whether it sees the system site-packages) or the system itself."""
+    if sys.prefix == sys.base_prefix:
+        return f"system Python {sys.executable}"
+    cfg = Path(sys.prefix) / "pyvenv.cfg"
+    text = cfg.read_text(encoding="utf-8", errors="replace") if cfg.is_file() else ""
+    system = any(
+        line.split("=", 1)[0].strip() == "include-system-site-packages" and line.split("=", 1)[1].strip() == "true"
+        for line in text.splitlines()
+        if "=" in line
+    )
+    return f"venv {sys.prefix} ({'with' if system else 'without'} system site-packages)"
+
+
+def _jetson() -> Check:
+    from .engine_meta import TEGRA_RELEASE, read_l4t
+
+    l4t = read_l4t()
+    if l4t is None:
+        return Check("JetPack/L4T", INFO, f"not a Jetson (no {TEGRA_RELEASE})")
+    jetpack = None
+    if shutil.which("dpkg-query"):
+        done = subprocess.run(
+            ["dpkg-query", "-W", "-f", "${Version}", "nvidia-jetpack"], check=False, capture_output=True, text=True
+        )
+        jetpack = done.stdout.strip() if done.returncode == 0 and done.stdout.strip() else None
+    return Check("JetPack/L4T", OK, f"L4T {l4t}, JetPack {jetpack or 'package nvidia-jetpack not installed'}")
+
+
+def _numpy() -> Check:
+    try:
+        import numpy
+    except ImportError as err:
+        return Check("numpy", MISSING, f"does not import ({err})", "pip install numpy")
+    return Check("numpy", OK, f"{numpy.__version__} ({Path(numpy.__file__).parent})")
+
+
+def _opencv() -> list[Check]:
+    try:
+        cv2 = import_cv2()
+    except EdgeError as err:
+        problem, _, fix = str(err).partition(": ")
+        return [Check("OpenCV", MISSING, problem, fix or None)]
+    from .source_uri import GSTREAMER_FIX, opencv_has
+
+    dist = _version("opencv-python-headless", "opencv-python", "opencv-contrib-python")
+    origin = f"PyPI wheel {dist}" if dist else "not from pip (a system package)"
+    ffmpeg = "FFmpeg yes" if opencv_has("FFMPEG") else "FFmpeg no"
+    checks = [Check("OpenCV", OK, f"{cv2.__version__}, {origin} ({cv2.__file__}), {ffmpeg}")]
+    if opencv_has("GStreamer"):
+        checks.append(Check("GStreamer", OK, "in this OpenCV's build: csi:// and gst:// can open"))
+    else:
+        checks.append(Check("GStreamer", MISSING, "not in this OpenCV's build: csi:// and gst:// cannot open",
+                            GSTREAMER_FIX))  # fmt: skip
+    return checks
+
+
+def _onnxruntime() -> tuple[Check, list[str]]:
+    try:
+        import onnxruntime
+    except ImportError as err:
+        return Check("ONNX Runtime", MISSING, f"does not import ({' '.join(str(err).split())})", INSTALL_ORT), []
+    providers = list(onnxruntime.get_available_providers())
+    found = f"{onnxruntime.__version__} ({Path(onnxruntime.__file__).parent}), providers {', '.join(providers)}"
+    return Check("ONNX Runtime", OK, found), providers
+
+
+def _onnx() -> Check:
+    try:
+        import onnx
+    except ImportError:
+        return Check("onnx", MISSING, "not installed: provq-calibrate, provq-export check and --stable-tokens need it",
+                     "pip install onnx")  # fmt: skip
+    return Check("onnx", OK, str(onnx.__version__))
+
+
+def _tensorrt() -> Check:
+    from .engine_meta import import_tensorrt
+
+    try:
+        trt = import_tensorrt()
+    except EdgeError as err:
+        problem, _, fix = str(err).partition(": ")
+        if not ON_ARM and "not installed" in problem:
+            fix = f"{fix}; on an x86 machine with an NVIDIA GPU: pip install tensorrt"
+        return Check("TensorRT", MISSING, problem, fix or None)
+    return Check("TensorRT", OK, f"{trt.__version__} ({Path(trt.__file__).parent})")
+
+
+def _cuda_python() -> Check:
+    from .cuda_shim import import_cudart
+
+    version = _version("cuda-python", "cuda-bindings")
+    try:
+        import_cudart()
+    except EdgeError as err:
+        problem, _, fix = str(err).partition(": ")
+        return Check("cuda-python", MISSING, problem, fix or None)
+    toolkit = None
+    if CUDA_VERSION_FILE.is_file():
+        toolkit = json.loads(CUDA_VERSION_FILE.read_text(encoding="utf-8")).get("cuda", {}).get("version")
+    if version and toolkit and version.split(".")[0] != toolkit.split(".")[0]:
+        major = toolkit.split(".")[0]
+        return Check("cuda-python", MISSING, f"{version} is for CUDA {version.split('.')[0]}, this system has CUDA "
+                     f"{toolkit}", f"pip install 'cuda-python>={major},<{int(major) + 1}'")  # fmt: skip
+    return Check("cuda-python", OK, f"{version or 'version unknown'}, CUDA toolkit {toolkit or 'not found'}")
+
+
+def _zstandard() -> Check:
+    version = _version("zstandard")
+    if version is None:
+        return Check("zstandard", MISSING, "not installed: --codec zstd needs it", "pip install zstandard")
+    return Check("zstandard", OK, version)
+
+
+def _backends(ort: Check, providers: list[str], trt: Check, cuda: Check) -> list[Check]:
+    backends = []
+    if ort.state == OK and "CPUExecutionProvider" in providers:
+        backends.append(Check("backend onnxruntime-cpu", OK, "runs here"))
+    else:
+        backends.append(Check("backend onnxruntime-cpu", MISSING, "needs ONNX Runtime", INSTALL_ORT))
+    gpu = [p for p in ORT_GPU_PROVIDERS if p in providers]
+    if gpu:
+        backends.append(Check("backend onnxruntime-gpu", OK, f"providers {', '.join(gpu)} are available"))
+    else:
+        have = f"this ONNX Runtime has no TensorRT or CUDA provider ({', '.join(providers)})" if providers else (
+            "needs an ONNX Runtime GPU build")  # fmt: skip
+        backends.append(Check("backend onnxruntime-gpu", MISSING, have, INSTALL_ORT_GPU))
+    missing = [c for c in (trt, cuda) if c.state != OK]
+    if missing:
+        fixes = "; ".join(f"{c.name}: {c.fix}" for c in missing if c.fix)
+        what = " and ".join(c.name for c in missing)
+        backends.append(Check("backend tensorrt", MISSING, f"needs {what}", fixes or None))
+    else:
+        backends.append(Check("backend tensorrt", OK, "imports; build engines with provq-export engine MODEL_DIR"))
+    return backends
+
+
+def diagnose() -> tuple[str, list[Check], list[Check]]:
+    """(platform line, component checks, backend checks), from real imports and file reads on this machine."""
+    head = f"{platform.system()} {platform.machine()}, Python {platform.python_version()}, {_environment()}"
+    opencv = _opencv()
+    ort, providers = _onnxruntime()
+    trt, cuda = _tensorrt(), _cuda_python()
+    components = [_jetson(), _numpy(), *opencv, ort, _onnx(), trt, cuda, _zstandard()]
+    return head, components, _backends(ort, providers, trt, cuda)
+
+
+def main(argv: list[str] | None = None) -> int:
+    intro, more = __doc__.split("\n\n", 1)
+    p = argparse.ArgumentParser(prog=PROG, description=intro, epilog=more,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    args = p.parse_args(argv)
+    head, components, backends = diagnose()
+    ok = all(c.state == OK for c in components if c.name == "OpenCV") and any(b.state == OK for b in backends)
+    if args.json:
+        report = {"platform": head, "components": [asdict(c) for c in components],
+                  "backends": [asdict(b) for b in backends], "ok": ok}  # fmt: skip
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"{PROG}: {head}")
+        print("\n".join(c.line() for c in [*components, *backends]))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
