@@ -13,36 +13,33 @@ frames. Figures:
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
-import onnxruntime as ort
+
+from provq.edge_runtime.backends import cpu_session
+from provq.edge_runtime.formats.graph import IDS, IMAGES
+from provq.edge_runtime.quality import psnr
 
 Model = Path | onnx.ModelProto  # a file, or an in-memory graph such as export.fp16_graph.rounding_emulation's
 
 
-def session(model: Model) -> ort.InferenceSession:
-    """A CPU ONNX Runtime session with warnings silenced; an in-memory graph (a rounding emulation) runs with graph
-    optimizations off, so that none of its Cast pairs is folded away."""
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if isinstance(model, onnx.ModelProto):
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+def session(model: Model) -> Any:
+    """A CPU ONNX Runtime session of a file or an in-memory graph (``backends.cpu_session``)."""
+    return cpu_session(model.SerializeToString() if isinstance(model, onnx.ModelProto) else model)
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB between two images in [-1, 1] (peak-to-peak 2); 100 dB when identical."""
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return 100.0 if mse == 0 else float(10.0 * np.log10(4.0 / mse))
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB of two images in [-1, 1] (peak-to-peak 2)."""
+    return psnr(a, b, peak=2.0)
 
 
 def compare(
     fp32: tuple[Model, Model],
     int8: tuple[Model, Model],
     frames: list[np.ndarray],
-    names: tuple[str, str] = ("images", "ids"),
+    names: tuple[str, str] = (IMAGES, IDS),
 ) -> dict[str, float]:
     """Run (encoder, decoder) pairs at both precisions on ``frames``; the figures listed in the module docstring."""
     enc32, dec32 = session(fp32[0]), session(fp32[1])
@@ -56,10 +53,10 @@ def compare(
         total += ids32.size
         rec32 = dec32.run(None, {names[1]: ids32})[0]
         rec8 = dec8.run(None, {names[1]: ids8})[0]
-        rows["psnr_db"].append(psnr(rec8, x))
-        rows["fp32_psnr_db"].append(psnr(rec32, x))
-        rows["psnr_vs_fp32_db"].append(psnr(rec8, rec32))
-        rows["decoder"].append(psnr(dec8.run(None, {names[1]: ids32})[0], rec32))
+        rows["psnr_db"].append(_psnr(rec8, x))
+        rows["fp32_psnr_db"].append(_psnr(rec32, x))
+        rows["psnr_vs_fp32_db"].append(_psnr(rec8, rec32))
+        rows["decoder"].append(_psnr(dec8.run(None, {names[1]: ids32})[0], rec32))
     out = {
         "frames": len(frames),
         "tokens": total,

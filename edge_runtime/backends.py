@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -63,6 +63,22 @@ def _describe_precisions(parts: dict[str, str]) -> str:
     if parts["encoder"] == parts["decoder"]:
         return parts["decoder"]
     return f"encoder {parts['encoder']} + decoder {parts['decoder']}"
+
+
+def cpu_session(model: Path | str | bytes) -> Any:
+    """A plain ONNX Runtime CPU session (warnings silenced), for checks and measurements outside the pipeline.
+
+    ``model`` is a file, or a serialized in-memory graph (``ModelProto.SerializeToString()``, such as an FP16
+    rounding emulation), which runs with graph optimizations off so that none of its nodes is folded away.
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if isinstance(model, bytes):
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
 
 
 class OnnxRuntimeBackend:

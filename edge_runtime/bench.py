@@ -52,7 +52,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import difflib
-import importlib.metadata
 import os
 import platform
 import shutil
@@ -72,7 +71,8 @@ from . import preprocess
 from .backends import Backend, OnnxRuntimeBackend, TensorRTBackend
 from .bench_video import h264_baseline, tokenizer_points
 from .engine_meta import TRT_MISSING, import_tensorrt
-from .errors import EdgeError
+from .errors import EdgeError, ProvqError
+from .formats.versions import package_version
 from .manifest import PRECISIONS, Manifest, load_manifest, sha256_file
 from .preprocess import Geometry, cover_crop, fit_frame, from_model_output, to_bgr_uint8, to_model_input
 from .quality import SSIM_WINDOW, psnr, ssim
@@ -324,7 +324,6 @@ def _open_pytorch(manifest: Manifest, precision: str, threads: int | None) -> _T
         raise Unavailable("torch not installed") from None
     try:
         from provq.train import checkpoint as ckpt
-        from provq.train.errors import ProvqError
     except ImportError as err:
         raise Unavailable(f"provq.train does not import ({err})") from None
     source = manifest.data.get("source") or {}
@@ -643,15 +642,6 @@ def _jetson_model() -> str | None:
         return None
 
 
-def _version(distribution: str, module: str | None = None) -> str | None:
-    """Installed version of a package: its distribution metadata, else an already imported module's __version__."""
-    try:
-        return importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        loaded = sys.modules.get(module or distribution)
-        return str(getattr(loaded, "__version__", None)) if loaded is not None else None
-
-
 def environment(threads: int | None) -> dict[str, Any]:
     """Where the figures were measured: CPU, cores, threads, GPU, Jetson model, versions and the date (UTC)."""
     import onnxruntime
@@ -666,13 +656,13 @@ def environment(threads: int | None) -> dict[str, Any]:
         "jetson": _jetson_model(),
         "onnxruntime_providers": onnxruntime.get_available_providers(),
         "versions": {
-            "provq": _version("provq"),
+            "provq": package_version("provq"),
             "python": platform.python_version(),
             "numpy": np.__version__,
             "opencv": cv2.__version__,
             "onnxruntime": onnxruntime.__version__,
-            "tensorrt": _version("tensorrt"),
-            "torch": _version("torch") if "torch" in sys.modules and sys.modules["torch"] is not None else None,
+            "tensorrt": package_version("tensorrt"),
+            "torch": package_version("torch") if "torch" in sys.modules and sys.modules["torch"] is not None else None,
         },
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }

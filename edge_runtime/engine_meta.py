@@ -35,6 +35,7 @@ from types import ModuleType
 from typing import Any, Protocol
 
 from .errors import EdgeError
+from .formats.versions import package_version
 from .manifest import PARTS, PRECISIONS, Manifest, write_json_atomic
 
 FORMAT = "provq-engine"
@@ -316,12 +317,7 @@ def sidecar_path(engine_path: Path) -> Path:
 
 def provq_version() -> str:
     """The installed provq version, or "unknown"."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("provq")
-    except PackageNotFoundError:
-        return "unknown"
+    return package_version("provq") or "unknown"
 
 
 @dataclass(frozen=True)

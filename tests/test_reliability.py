@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -241,10 +242,10 @@ def test_manifest_file_names_cannot_leave_the_model_directory(tmp_path: Path, na
 
 def test_manifest_path_checks_names_even_past_the_loader(tmp_path: Path) -> None:
     folder = _manifest_copy(tmp_path)
-    data = json.loads((folder / "manifest.json").read_text())
-    data["files"]["fp32"]["decoder"] = "../decoder.onnx"
+    fields = load_manifest(folder).fields
+    files = {**fields.files, "fp32": {**fields.files["fp32"], "decoder": "../decoder.onnx"}}
     with pytest.raises(EdgeError) as err:
-        Manifest(folder, data).path("fp32", "decoder")  # a Manifest built by hand, not by load_manifest
+        Manifest(folder, replace(fields, files=files)).path("fp32", "decoder")  # built by hand, not by load_manifest
     _one_line(err, "is not a plain name")
 
 
