@@ -15,6 +15,7 @@ import logging
 import sys
 from pathlib import Path
 
+from provq.edge_runtime.console import command_frame
 from provq.edge_runtime.errors import EdgeError
 from provq.edge_runtime.preprocess import parse_size
 
@@ -54,8 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit code (0 calibrated, 2 user error: one line on stderr, no traceback)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    return command_frame(PROG, lambda: _calibrate(args))
+
+
+def _calibrate(args: argparse.Namespace) -> int:
     cfg = CalibrationConfig(
         data=args.data,
         frames=args.frames,
@@ -64,11 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         size=args.size,
         evaluation_frames=args.eval_frames,
     )
-    try:
-        report = calibrate(args.model_dir, cfg, recalibrate=args.recalibrate)
-    except EdgeError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 2
+    report = calibrate(args.model_dir, cfg, recalibrate=args.recalibrate)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     r = report["int8"]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import sys
 from collections.abc import Iterator, Sequence
@@ -37,6 +38,7 @@ from .bench import (
     run_benchmark,
 )
 from .bench_report import format_markdown, format_text, write_plot
+from .console import command_frame
 from .errors import EdgeError
 
 PROG = "provq-bench"
@@ -138,20 +140,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-        config, floors = _config(args)
-        if args.plot is not None:
-            try:
-                import matplotlib  # noqa: F401
-            except ImportError:
-                print(NO_MATPLOTLIB, file=sys.stderr)
-                return 2
-        report = run_benchmark(config, progress=lambda line: print(f"{PROG}: {line}", file=sys.stderr, flush=True))
-    except EdgeError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 2
+    return command_frame(PROG, lambda: _bench(build_parser().parse_args(argv)))
+
+
+def _bench(args: argparse.Namespace) -> int:
+    config, floors = _config(args)
+    if args.plot is not None and importlib.util.find_spec("matplotlib") is None:
+        raise EdgeError(NO_MATPLOTLIB)
+    report = run_benchmark(config, progress=lambda line: print(f"{PROG}: {line}", file=sys.stderr, flush=True))
     print(format_text(report))
     if args.json is not None:
         args.json.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n", encoding="utf-8")

@@ -19,6 +19,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from provq.edge_runtime.console import command_frame
 from provq.edge_runtime.engine_meta import TRT_MISSING, import_tensorrt, parse_shape
 from provq.edge_runtime.errors import EdgeError
 from provq.edge_runtime.manifest import PARTS, PRECISIONS
@@ -71,7 +72,7 @@ def engine_main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     engine_log.addHandler(handler)
     engine_log.setLevel(logging.INFO)
     try:
-        return _run(args, prog)
+        return command_frame(prog, lambda: _run(args, prog))
     finally:
         engine_log.removeHandler(handler)
         engine_log.setLevel(level)
@@ -79,24 +80,20 @@ def engine_main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
 
 def _run(args: argparse.Namespace, prog: str) -> int:
     parts = PARTS if args.part == "both" else (args.part,)
+    shapes = {
+        key: None if getattr(args, key) is None else parse_shape(getattr(args, key))
+        for key in ("min_shape", "opt_shape", "max_shape")
+    }
+    options = dict(**shapes, workspace_mb=args.workspace, dla_core=args.dla, out_dir=args.out_dir)
+    requests = [make_request(args.model_dir, part, args.precision, **options) for part in parts]
     try:
-        shapes = {
-            key: None if getattr(args, key) is None else parse_shape(getattr(args, key))
-            for key in ("min_shape", "opt_shape", "max_shape")
-        }
-        options = dict(**shapes, workspace_mb=args.workspace, dla_core=args.dla, out_dir=args.out_dir)
-        requests = [make_request(args.model_dir, part, args.precision, **options) for part in parts]
-        try:
-            import_tensorrt()
-        except EdgeError as err:
-            if not str(err).startswith(TRT_MISSING):
-                raise
-            lines = " && ".join(trtexec_command(plan_build(r, ASSUMED_TRT, None)) for r in requests)
-            raise EdgeError(f"{TRT_MISSING}; the equivalent trtexec command is: {lines}") from None
-        paths = [build_engine(args.model_dir, part, args.precision, rebuild=args.rebuild, **options) for part in parts]
+        import_tensorrt()
     except EdgeError as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
-        return 2
+        if not str(err).startswith(TRT_MISSING):
+            raise
+        lines = " && ".join(trtexec_command(plan_build(r, ASSUMED_TRT, None)) for r in requests)
+        raise EdgeError(f"{TRT_MISSING}; the equivalent trtexec command is: {lines}") from None
+    paths = [build_engine(args.model_dir, part, args.precision, rebuild=args.rebuild, **options) for part in parts]
     for path in paths:
         print(f"{prog}: {path}")
     print(

@@ -210,7 +210,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, argv: list[str], phras
 def test_plot_without_matplotlib_stops_before_any_work(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     code, out, err = _run([*TINY, "--plot", str(tmp_path / "b.png")])
-    assert code == 2 and out == "" and err.strip() == NO_MATPLOTLIB
+    assert code == 2 and out == "" and err.strip() == f"provq-bench: error: {NO_MATPLOTLIB}"
     assert not (tmp_path / "b.png").exists()
 
 
