@@ -26,17 +26,8 @@ from pathlib import Path
 
 import cv2
 
-from .bench import (
-    BACKENDS,
-    ROW_PRECISIONS,
-    BenchConfig,
-    Floor,
-    check_floors,
-    parse_floor,
-    parse_names,
-    parse_size,
-    run_benchmark,
-)
+from .bench import BACKENDS, ROW_PRECISIONS, BenchConfig, run_benchmark
+from .bench_args import Floor, check_floors, parse_floor, parse_names, parse_size
 from .bench_report import format_markdown, format_text, write_plot
 from .console import command_frame
 from .errors import EdgeError

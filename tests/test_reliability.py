@@ -26,10 +26,11 @@ import cv2
 import numpy as np
 import pytest
 
-from provq.edge_runtime import bitpack, engine_meta, tokenstream
+from provq.edge_runtime import bitpack, engine_meta
 from provq.edge_runtime import manifest as manifest_module
 from provq.edge_runtime.backends import open_backend
 from provq.edge_runtime.errors import EdgeError
+from provq.edge_runtime.formats import manifest as manifest_schema
 from provq.edge_runtime.manifest import Manifest, default_model_dir, load_manifest, sha256_file
 from provq.edge_runtime.outputs import open_output
 from provq.edge_runtime.pipeline import Pipeline, PipelineConfig
@@ -38,6 +39,8 @@ from provq.edge_runtime.run_cli import main as run_main
 from provq.edge_runtime.source_uri import sample_clip
 from provq.edge_runtime.sources import open_source
 from provq.edge_runtime.tokenstream import Frame, TokenStreamReader
+from provq.edge_runtime.tokenstream import layout as ptok_layout
+from provq.edge_runtime.tokenstream import reader as ptok_reader
 
 DS = 8  # the shipped model's downsample factor
 PHOTO = sample_clip().parent / "images" / "chelsea.jpg"
@@ -385,7 +388,8 @@ FORBIDDEN_MODULES = {"pickle", "_pickle", "cPickle", "marshal", "shelve", "dill"
 SAFE_ATTRIBUTES = {("json", "loads"), ("json", "load"), ("re", "compile")}  # plain JSON, regular expressions
 # manifest.py finds the shipped model folder with importlib.resources.files; engine_meta.py reads provq's version
 ALLOWED_IMPORTLIB = {"importlib.resources", "importlib.metadata"}
-PARSERS = [tokenstream, bitpack, manifest_module, engine_meta]  # .ptok reader, its bit unpacking, manifest, sidecar
+# the .ptok header and chunk parsers, their bit unpacking, the manifest (schema and directory), engine sidecars
+PARSERS = [ptok_layout, ptok_reader, bitpack, manifest_schema, manifest_module, engine_meta]
 
 
 def _imports(node: ast.AST) -> list[str]:
