@@ -15,7 +15,7 @@ import logging
 import sys
 from pathlib import Path
 
-from provq.edge_runtime.console import command_frame
+from provq.edge_runtime.console import command_frame, command_parser
 from provq.edge_runtime.errors import EdgeError
 from provq.edge_runtime.preprocess import parse_size
 
@@ -34,11 +34,8 @@ def _size(text: str) -> tuple[int, int]:
 
 def build_parser() -> argparse.ArgumentParser:
     d = CalibrationConfig(data=[])
-    p = argparse.ArgumentParser(
-        prog=PROG,
-        description="Calibrate INT8 (explicit Q/DQ) encoder and decoder ONNX files; the quantizer stays FP32.",
-        epilog=__doc__.split("\n", 2)[2],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = command_parser(
+        PROG, "Calibrate INT8 (explicit Q/DQ) encoder and decoder ONNX files; the quantizer stays FP32.", __doc__
     )
     p.add_argument("model_dir", metavar="MODEL_DIR", help="a folder written by provq-export")
     p.add_argument(

@@ -29,7 +29,7 @@ import cv2
 from .bench import BACKENDS, ROW_PRECISIONS, BenchConfig, run_benchmark
 from .bench_args import Floor, check_floors, parse_floor, parse_names, parse_size
 from .bench_report import format_markdown, format_text, write_plot
-from .console import command_frame
+from .console import command_frame, command_parser
 from .errors import EdgeError
 
 PROG = "provq-bench"
@@ -46,12 +46,12 @@ class _OneLineParser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``provq-bench``."""
     d = BenchConfig()
-    p = _OneLineParser(
-        prog=PROG,
-        description="Compare backends and precisions of a provq model: latency, PSNR/SSIM, token agreement, "
+    p = command_parser(
+        PROG,
+        "Compare backends and precisions of a provq model: latency, PSNR/SSIM, token agreement, "
         "token stream bytes per frame, and JPEG/WebP (and H.264 on videos) at the same size.",
-        epilog=__doc__.split("\n", 2)[2],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        __doc__,
+        _OneLineParser,
     )
     p.add_argument("--model", default=d.model, metavar="MODEL_DIR", help="model folder (default: %(default)s)")
     p.add_argument("--input", default=d.input, metavar="URI", help="video, folder, glob, camera (default: %(default)s)")

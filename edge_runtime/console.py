@@ -94,6 +94,19 @@ def stop_on_signals(stop: Callable[[], None] | None = None, *, second_interrupt:
             signal.signal(sig, old)
 
 
+def command_parser(
+    prog: str, description: str, doc: str, parser_class: type[argparse.ArgumentParser] = argparse.ArgumentParser
+) -> argparse.ArgumentParser:
+    """The argument parser every command starts from: its name, a one-line description and, as the epilog, the
+    examples of the command module's docstring ``doc`` (everything after its first two lines), kept as written."""
+    return parser_class(
+        prog=prog,
+        description=description,
+        epilog=doc.split("\n", 2)[2],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
 def command_frame(prog: str, body: Callable[[], int], interrupted: str = "interrupted") -> int:
     """Run ``body`` and return its exit code; a ProvqError is one line ``PROG: error: MESSAGE`` and exit 2, a
     Stopped its message and 128 + its signal number, a KeyboardInterrupt ``PROG: interrupted`` and 130."""

@@ -21,18 +21,15 @@ import json
 import sys
 from pathlib import Path
 
-from provq.edge_runtime.console import command_frame
+from provq.edge_runtime.console import command_frame, command_parser
 from provq.edge_runtime.formats.errors import ProvqError
 
 PROG = "provq-export"
 
 
 def _export_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(
-        prog=PROG,
-        description="Export a provq checkpoint to ONNX (encoder: frames -> int32 ids, decoder: ids -> frames).",
-        epilog=__doc__.split("\n", 2)[2],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = command_parser(
+        PROG, "Export a provq checkpoint to ONNX (encoder: frames -> int32 ids, decoder: ids -> frames).", __doc__
     )
     p.add_argument("checkpoint", metavar="CKPT", help="a last.pt written by provq-train, or 'default'")
     p.add_argument("--out", required=True, type=Path, help="model directory to write (replaced if it is one)")

@@ -19,7 +19,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from provq.edge_runtime.console import command_frame
+from provq.edge_runtime.console import command_frame, command_parser
 from provq.edge_runtime.engine_meta import TRT_MISSING, import_tensorrt, parse_shape
 from provq.edge_runtime.errors import EdgeError
 from provq.edge_runtime.manifest import PARTS, PRECISIONS
@@ -32,11 +32,8 @@ PROG = "provq-export engine"
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     """The argument parser of ``provq-export engine``."""
-    p = argparse.ArgumentParser(
-        prog=prog,
-        description="Build TensorRT engines (encoder and/or decoder) for a provq model directory on this device.",
-        epilog=__doc__.split("\n", 2)[2],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = command_parser(
+        prog, "Build TensorRT engines (encoder and/or decoder) for a provq model directory on this device.", __doc__
     )
     p.add_argument("model_dir", metavar="MODEL_DIR", help="folder with manifest.json and the ONNX files")
     p.add_argument("--part", default="both", choices=(*PARTS, "both"), help="(default: %(default)s)")

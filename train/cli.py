@@ -16,7 +16,7 @@ import logging
 import sys
 from dataclasses import fields
 
-from provq.edge_runtime.console import command_frame
+from provq.edge_runtime.console import command_frame, command_parser
 
 from .errors import ProvqError
 from .presets import PRESETS
@@ -29,11 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     from .trainer import TrainConfig
 
     d = TrainConfig()
-    p = argparse.ArgumentParser(
-        prog=PROG,
-        description="Train an image/video-frame tokenizer with progressive vector quantization (ProVQ).",
-        epilog=__doc__.split("\n", 2)[2],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = command_parser(
+        PROG, "Train an image/video-frame tokenizer with progressive vector quantization (ProVQ).", __doc__
     )
     p.add_argument(
         "--data",

@@ -42,7 +42,7 @@ from typing import Any
 
 import torch
 
-from provq.edge_runtime.console import command_frame
+from provq.edge_runtime.console import command_frame, command_parser
 from provq.edge_runtime.formats.versions import package_versions
 
 from . import peer_quantizers
@@ -291,11 +291,8 @@ def plot_study(result: dict[str, Any], path: str | Path) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     d = StudyConfig()
-    p = argparse.ArgumentParser(
-        prog=PROG,
-        description="Train the same tokenizer under several quantizers and compare them on the same validation data.",
-        epilog=__doc__.split("\n", 2)[2],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = command_parser(
+        PROG, "Train the same tokenizer under several quantizers and compare them on the same validation data.", __doc__
     )
     p.add_argument("--data", default=d.data, help="folder of images/videos, one video, or 'sample' (default: sample)")
     p.add_argument("--val", default=None, help="validation folder/file (default: hold out part of --data)")
