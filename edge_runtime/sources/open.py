@@ -43,16 +43,19 @@ def open_source(
         stall_timeout_s: a live source that sends no frame for this long is reopened (also the wait for its first).
         realtime: play files at their frame rate instead of as fast as the consumer goes.
     """
-    _check_options(
-        width=width,
-        height=height,
-        rate=rate,
-        loop=loop,
-        live_queue=live_queue,
-        retries=retries,
-        backoff_s=backoff_s,
-        stall_timeout_s=stall_timeout_s,
-    )
+    for name, value in (("--input-width", width), ("--input-height", height)):
+        if value is not None and (int(value) != value or value < 1):
+            raise EdgeError(f"{name} must be a positive whole number of pixels, got {value}")
+    if rate is not None and not rate > 0:
+        raise EdgeError(f"--input-rate must be a positive frame rate, got {rate}")
+    if loop < -1:
+        raise EdgeError(f"--input-loop must be 0 or more extra passes, or -1 for forever; got {loop}")
+    if live_queue < 1:
+        raise EdgeError(f"--live-queue must be at least 1 frame, got {live_queue}")
+    if retries < -1:
+        raise EdgeError(f"--retries must be 0 or more, or -1 for forever; got {retries}")
+    if backoff_s < 0 or not stall_timeout_s > 0:
+        raise EdgeError(f"backoff ({backoff_s}) must be >= 0 s and stall timeout ({stall_timeout_s}) > 0 s")
     spec = parse_source_uri(uri)
     if spec.kind == "video":
         return VideoFileSource(uri, spec.location, width=width, height=height, rate=rate, loop=loop, realtime=realtime)
@@ -76,32 +79,6 @@ def open_source(
         stall_timeout_s=stall_timeout_s,
         hint=hint,
     )
-
-
-def _check_options(
-    *,
-    width: int | None,
-    height: int | None,
-    rate: float | None,
-    loop: int,
-    live_queue: int,
-    retries: int,
-    backoff_s: float,
-    stall_timeout_s: float,
-) -> None:
-    for name, value in (("--input-width", width), ("--input-height", height)):
-        if value is not None and (int(value) != value or value < 1):
-            raise EdgeError(f"{name} must be a positive whole number of pixels, got {value}")
-    if rate is not None and not rate > 0:
-        raise EdgeError(f"--input-rate must be a positive frame rate, got {rate}")
-    if loop < -1:
-        raise EdgeError(f"--input-loop must be 0 or more extra passes, or -1 for forever; got {loop}")
-    if live_queue < 1:
-        raise EdgeError(f"--live-queue must be at least 1 frame, got {live_queue}")
-    if retries < -1:
-        raise EdgeError(f"--retries must be 0 or more, or -1 for forever; got {retries}")
-    if backoff_s < 0 or not stall_timeout_s > 0:
-        raise EdgeError(f"backoff ({backoff_s}) must be >= 0 s and stall timeout ({stall_timeout_s}) > 0 s")
 
 
 def _live_opener(
