@@ -166,7 +166,7 @@ class TensorRTBackend:
     def __init__(
         self, manifest: Manifest, precision: str, *, encoder_precision: str | None = None, engines: Path | None = None
     ) -> None:
-        from .engine_meta import import_tensorrt
+        from .engine_device import import_tensorrt
         from .trt_runner import TensorRTRunner
 
         import_tensorrt(" (or use --backend onnxruntime)")  # say so before looking for engines it could not run

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from .backends import Backend, OnnxRuntimeBackend, TensorRTBackend
-from .engine_meta import TRT_MISSING, import_tensorrt
+from .engine_device import TRT_MISSING, import_tensorrt
 from .errors import EdgeError, ProvqError
 from .manifest import Manifest, sha256_file
 

@@ -34,39 +34,20 @@ from pathlib import Path
 from typing import Any
 
 from .engine_device import (
-    TEGRA_RELEASE,
-    TRT_MISSING,
     DeviceInfo,
-    import_tensorrt,
-    probe_device,
-    read_l4t,
     trt_major,
     trt_short,
 )
 from .engine_shapes import (
-    Shape,
     ShapeProfile,
     format_shape,
-    image_profile,
     image_shape,
-    input_profile,
-    parse_shape,
     parse_shape_tag,
     shape_tag,
 )
 from .errors import EdgeError
 from .formats.versions import package_version
 from .manifest import PARTS, PRECISIONS, Manifest, write_json_atomic
-
-# Shapes (engine_shapes) and the device and TensorRT (engine_device) are re-exported: engine_meta is where the
-# builder, the TensorRT backend and the tests import the engine cache's names from.
-__all__ = [
-    "FORMAT", "TEGRA_RELEASE", "TRT_MISSING", "VERSION", "DeviceInfo", "EngineMeta", "Shape", "ShapeProfile",
-    "check_sidecar", "engine_file_name", "format_shape", "image_profile", "image_shape", "import_tensorrt",
-    "input_profile", "make_meta", "onnx_source", "parse_engine_file_name", "parse_shape", "parse_shape_tag",
-    "probe_device", "read_l4t", "read_sidecar", "rebuild_command", "shape_tag", "sidecar_path", "trt_major",
-    "trt_short", "write_sidecar",
-]  # fmt: skip
 
 FORMAT = "provq-engine"
 VERSION = 1

@@ -20,7 +20,8 @@ import sys
 from collections.abc import Sequence
 
 from provq.edge_runtime.console import command_frame, command_parser
-from provq.edge_runtime.engine_meta import TRT_MISSING, import_tensorrt, parse_shape
+from provq.edge_runtime.engine_device import TRT_MISSING, import_tensorrt
+from provq.edge_runtime.engine_shapes import parse_shape
 from provq.edge_runtime.errors import EdgeError
 from provq.edge_runtime.manifest import PARTS, PRECISIONS
 
