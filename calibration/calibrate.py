@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -23,6 +22,9 @@ import onnx
 
 from provq.edge_runtime import manifest as mf
 from provq.edge_runtime.errors import EdgeError
+from provq.edge_runtime.formats.files import atomic_path, sha256_file
+from provq.edge_runtime.formats.graph import POST_QUANT_PROJ_SCOPE, QUANT_PROJ_SCOPE, QUANTIZER_SCOPE
+from provq.edge_runtime.formats.manifest import write_manifest
 from provq.export.fp16_graph import rounding_emulation
 
 from . import frames as frame_selection
@@ -38,11 +40,12 @@ ENGINES = ("ort", "modelopt")
 # decoder's last Conv (found in the graph, see default_keep_fp32) writes the image.
 DEFAULT_KEEP_FP32 = {
     "encoder": {
-        "/quant_proj/Conv": "projects to the code space right before the nearest-code search; its rounding flips ids",
+        f"{QUANT_PROJ_SCOPE}Conv": "projects to the code space right before the nearest-code search; its rounding "
+        "flips ids",
     },
     "decoder": {
-        "/post_quant_proj/Conv": "reads the codebook vectors straight from the lookup; a 1x1 conv from 8 channels, "
-        "cheap in FP32, so the codes enter the decoder exactly",
+        f"{POST_QUANT_PROJ_SCOPE}Conv": "reads the codebook vectors straight from the lookup; a 1x1 conv from 8 "
+        "channels, cheap in FP32, so the codes enter the decoder exactly",
     },
 }
 LAST_CONV_WHY = (
@@ -54,7 +57,7 @@ HAAR_WHY = (
     "sums (up to +-4), the detail bands values near 0, so one per-tensor INT8 scale wipes out the detail "
     "(docs/INT8.md); 7% of the encoder's MACs"
 )
-ALWAYS_FP32 = "nearest-code search and codebook lookup (/quantizer/*): never quantized, ids must not flip"
+ALWAYS_FP32 = f"nearest-code search and codebook lookup ({QUANTIZER_SCOPE}*): never quantized, ids must not flip"
 
 
 @dataclass
@@ -152,7 +155,7 @@ def _run(manifest: mf.Manifest, sets: frame_selection.FrameSets, cfg: Calibratio
         split = compare(
             (enc32, dec32), (rounding_emulation(enc16), dec8), sets.evaluation, (enc_in, dec_in), exact=True
         )
-    kept = [{"node": "/quantizer/*", "precision": "fp32", "why": ALWAYS_FP32}]
+    kept = [{"node": f"{QUANTIZER_SCOPE}*", "precision": "fp32", "why": ALWAYS_FP32}]
     for part, nodes in cfg.keep_fp32.items():
         kept += [{"part": part, "node": name, "precision": "fp32", "why": why} for name, why in nodes.items()]
     return {
@@ -181,22 +184,25 @@ def _install(manifest: mf.Manifest, entry: Path, report: dict) -> None:
     if (entry / f"encoder.{mf.CPU_INT8}.onnx").is_file():
         sets[mf.CPU_INT8] = {part: f"{part}.{mf.CPU_INT8}.onnx" for part in mf.PARTS}
     for name in [*(n for files in sets.values() for n in files.values()), REPORT]:
-        tmp = directory / f".{name}.{os.getpid()}.tmp"
-        shutil.copyfile(entry / name, tmp)
-        os.replace(tmp, directory / name)
-    data = dict(manifest.data)
-    files = {k: v for k, v in data["files"].items() if k != mf.CPU_INT8}  # a modelopt run has no CPU files
-    data["files"] = {**files, **sets}
+        with atomic_path(directory / name) as tmp:
+            shutil.copyfile(entry / name, tmp)
+    fields = manifest.fields
+    files = {k: v for k, v in fields.files.items() if k != mf.CPU_INT8}  # a modelopt run has no CPU files
     written = [n for files in sets.values() for n in files.values()]
-    data["sha256"] = {**data["sha256"], **{n: mf.sha256_file(directory / n) for n in written}}
-    data["int8"] = {key: report[key] for key in ("method", "engine", "frames", "data", "data_fingerprint", "size")} | {
+    int8 = {key: report[key] for key in ("method", "engine", "frames", "data", "data_fingerprint", "size")} | {
         "token_agreement": report["int8"]["token_agreement"],
         "psnr_drop_db": report["int8"]["psnr_drop_db"],
     }
     if report.get("fp16_encoder_int8_decoder"):
         split = report["fp16_encoder_int8_decoder"]
-        data["int8"]["fp16_encoder"] = {key: split[key] for key in ("token_agreement", "psnr_drop_db")}
-    mf.write_json_atomic(directory / mf.NAME, data)
+        int8["fp16_encoder"] = {key: split[key] for key in ("token_agreement", "psnr_drop_db")}
+    updated = replace(
+        fields,
+        files={**files, **sets},
+        sha256={**fields.sha256, **{n: sha256_file(directory / n) for n in written}},
+        int8=int8,
+    )
+    write_manifest(directory, updated)
 
 
 def calibrate(model_dir: str | Path, cfg: CalibrationConfig, *, recalibrate: bool = False) -> dict:

@@ -15,6 +15,7 @@ import logging
 import sys
 from pathlib import Path
 
+from provq.edge_runtime.console import command_frame, command_parser
 from provq.edge_runtime.errors import EdgeError
 from provq.edge_runtime.preprocess import parse_size
 
@@ -33,11 +34,8 @@ def _size(text: str) -> tuple[int, int]:
 
 def build_parser() -> argparse.ArgumentParser:
     d = CalibrationConfig(data=[])
-    p = argparse.ArgumentParser(
-        prog=PROG,
-        description="Calibrate INT8 (explicit Q/DQ) encoder and decoder ONNX files; the quantizer stays FP32.",
-        epilog=__doc__.split("\n", 2)[2],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = command_parser(
+        PROG, "Calibrate INT8 (explicit Q/DQ) encoder and decoder ONNX files; the quantizer stays FP32.", __doc__
     )
     p.add_argument("model_dir", metavar="MODEL_DIR", help="a folder written by provq-export")
     p.add_argument(
@@ -54,8 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit code (0 calibrated, 2 user error: one line on stderr, no traceback)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    return command_frame(PROG, lambda: _calibrate(args))
+
+
+def _calibrate(args: argparse.Namespace) -> int:
     cfg = CalibrationConfig(
         data=args.data,
         frames=args.frames,
@@ -64,11 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         size=args.size,
         evaluation_frames=args.eval_frames,
     )
-    try:
-        report = calibrate(args.model_dir, cfg, recalibrate=args.recalibrate)
-    except EdgeError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 2
+    report = calibrate(args.model_dir, cfg, recalibrate=args.recalibrate)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     r = report["int8"]

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from provq.edge_runtime.errors import EdgeError
+from provq.edge_runtime.formats.graph import QUANTIZER_SCOPE
 
 from .quantize import QUANTIZED_OPS
 
@@ -47,7 +48,7 @@ def quantize_graph_modelopt(
         calibration_method=MODELOPT_METHODS[method],
         calibration_eps=["cpu"],
         op_types_to_quantize=QUANTIZED_OPS,
-        nodes_to_exclude=[r"/quantizer/.*", *(re.escape(name) for name in keep_fp32)],
+        nodes_to_exclude=[re.escape(QUANTIZER_SCOPE) + ".*", *(re.escape(name) for name in keep_fp32)],
         high_precision_dtype="fp32",
         output_path=str(int8_path),
     )

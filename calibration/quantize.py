@@ -31,6 +31,8 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
 
+from provq.edge_runtime.formats.graph import QUANTIZER_SCOPE
+
 METHODS = {
     "minmax": (CalibrationMethod.MinMax, {}),
     "entropy": (CalibrationMethod.Entropy, {"num_bins": 2048, "num_quantized_bins": 128}),
@@ -54,7 +56,7 @@ class _Reader(CalibrationDataReader):
 
 def _search_nodes(path: Path) -> list[str]:
     """Names of the nearest-code search / codebook lookup nodes (``/quantizer/...``), which stay FP32."""
-    return [node.name for node in onnx.load(str(path)).graph.node if node.name.startswith("/quantizer/")]
+    return [node.name for node in onnx.load(str(path)).graph.node if node.name.startswith(QUANTIZER_SCOPE)]
 
 
 def quantize_graph(

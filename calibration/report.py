@@ -13,44 +13,33 @@ frames. Figures:
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
-import onnxruntime as ort
+
+from provq.edge_runtime.backends import cpu_session
+from provq.edge_runtime.formats.graph import IDS, IMAGES
+from provq.edge_runtime.quality import psnr
 
 Model = Path | onnx.ModelProto  # a file, or an in-memory graph such as export.fp16_graph.rounding_emulation's
 
 
-def session(model: Model, *, exact: bool = False) -> ort.InferenceSession:
-    """A CPU ONNX Runtime session with warnings silenced.
-
-    An in-memory graph (a rounding emulation) always runs with graph optimizations off, so that none of its Cast
-    pairs is folded away. ``exact=True`` does the same for a file: a Q/DQ graph then runs as written, QuantizeLinear
-    -> DequantizeLinear -> float Conv, which is the arithmetic of TensorRT's explicit quantization, instead of being
-    fused into ONNX Runtime's integer kernels. Those kernels are not what TensorRT computes, and on x86 CPUs without
-    VNNI their int16 partial sums saturate: measured on 2026-12-02 on a 2-core AVX2 CPU, the fused Q/DQ encoder of the
-    Haar-stem default model kept 31% of the FP32 ids on six sample photos, the same file run as written 82%.
-    """
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if exact or isinstance(model, onnx.ModelProto):
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    if isinstance(model, onnx.ModelProto):
-        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+def session(model: Model, *, exact: bool = False) -> Any:
+    """A CPU ONNX Runtime session of a file or an in-memory graph (``backends.cpu_session``; ``exact``: see there)."""
+    return cpu_session(model.SerializeToString() if isinstance(model, onnx.ModelProto) else model, exact=exact)
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB between two images in [-1, 1] (peak-to-peak 2); 100 dB when identical."""
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return 100.0 if mse == 0 else float(10.0 * np.log10(4.0 / mse))
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB of two images in [-1, 1] (peak-to-peak 2)."""
+    return psnr(a, b, peak=2.0)
 
 
 def compare(
     fp32: tuple[Model, Model],
     int8: tuple[Model, Model],
     frames: list[np.ndarray],
-    names: tuple[str, str] = ("images", "ids"),
+    names: tuple[str, str] = (IMAGES, IDS),
     *,
     exact: bool = False,
 ) -> dict[str, float]:
@@ -69,10 +58,10 @@ def compare(
         total += ids32.size
         rec32 = dec32.run(None, {names[1]: ids32})[0]
         rec8 = dec8.run(None, {names[1]: ids8})[0]
-        rows["psnr_db"].append(psnr(rec8, x))
-        rows["fp32_psnr_db"].append(psnr(rec32, x))
-        rows["psnr_vs_fp32_db"].append(psnr(rec8, rec32))
-        rows["decoder"].append(psnr(dec8.run(None, {names[1]: ids32})[0], rec32))
+        rows["psnr_db"].append(_psnr(rec8, x))
+        rows["fp32_psnr_db"].append(_psnr(rec32, x))
+        rows["psnr_vs_fp32_db"].append(_psnr(rec8, rec32))
+        rows["decoder"].append(_psnr(dec8.run(None, {names[1]: ids32})[0], rec32))
     out = {
         "frames": len(frames),
         "tokens": total,

@@ -50,14 +50,6 @@ and only runs the checkpoint the model was exported from (manifest ``source``), 
 from __future__ import annotations
 
 import dataclasses
-import datetime
-import difflib
-import importlib.metadata
-import os
-import platform
-import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -68,12 +60,13 @@ from typing import Any
 import cv2
 import numpy as np
 
-from . import preprocess
-from .backends import Backend, OnnxRuntimeBackend, TensorRTBackend
+from .backends import Backend, OnnxRuntimeBackend
+from .bench_backends import SPLITS, Unavailable, open_row_backend
+from .bench_codecs import codec_baselines
+from .bench_env import environment, memory_mb
 from .bench_video import h264_baseline, tokenizer_points
-from .engine_meta import TRT_MISSING, import_tensorrt
 from .errors import EdgeError
-from .manifest import PRECISIONS, Manifest, load_manifest, sha256_file
+from .manifest import PRECISIONS, Manifest, load_manifest
 from .preprocess import Geometry, cover_crop, fit_frame, from_model_output, to_bgr_uint8, to_model_input
 from .quality import SSIM_WINDOW, psnr, ssim
 from .sources import open_source
@@ -92,17 +85,7 @@ FRAMES_PER_CHUNK = 30  # token stream chunking, as provq-run writes it
 CODECS = (("jpeg", ".jpg", cv2.IMWRITE_JPEG_QUALITY), ("webp", ".webp", cv2.IMWRITE_WEBP_QUALITY))
 STAT_KEYS = ("latency_ms_p50", "latency_ms_p95", "latency_ms_p99", "latency_ms_iqr", "latency_ms_mad", "fps")
 
-# --floor metrics and their direction: True = higher is better (the value is a floor), False = lower is better
-# (the value is a ceiling: latency, bytes, memory).
-FLOOR_METRICS = {
-    "fps": True, "psnr_db": True, "ssim": True, "token_agreement": True, "speedup_vs_fp32": True,
-    "latency_ms_p50": False, "latency_ms_p95": False, "latency_ms_p99": False,
-    "bytes_per_frame": False, "bytes_per_frame_plain": False, "peak_rss_mb": False,
-}  # fmt: skip
 
-
-# Row precisions beyond the manifest's: "ENCODER-DECODER" splits, e.g. fp16-int8 (FP16 encoder, INT8 decoder).
-SPLITS = {"fp16-int8": ("fp16", "int8")}
 ROW_PRECISIONS = (*PRECISIONS, *SPLITS)
 
 
@@ -136,103 +119,6 @@ class BenchConfig:
             raise EdgeError(f"--stable-margins must be numbers >= 0, got {list(self.stable_margins)}")
         if self.size is not None and min(self.size) < SSIM_WINDOW:
             raise EdgeError(f"--size {self.size[0]}x{self.size[1]} is too small: at least {SSIM_WINDOW} pixels a side")
-
-
-class Unavailable(Exception):
-    """A row that cannot run on this machine; the message says why in a few words."""
-
-
-# -- user input ----------------------------------------------------------------------------------------------------
-
-
-def parse_names(text: str, allowed: Sequence[str], what: str) -> tuple[str, ...]:
-    """``"onnxruntime,tensorrt"`` -> ("onnxruntime", "tensorrt"); EdgeError naming an unknown entry (with a guess)."""
-    names = tuple(n.strip().lower() for n in text.split(",") if n.strip())
-    if not names:
-        raise EdgeError(f"no {what} given: use a comma-separated list of {', '.join(allowed)}")
-    for name in names:
-        if name not in allowed:
-            guess = difflib.get_close_matches(name, allowed, n=1, cutoff=0.5)
-            hint = f" (did you mean {guess[0]}?)" if guess else ""
-            raise EdgeError(f"unknown {what} {name!r}: use {', '.join(allowed)}{hint}")
-    return tuple(dict.fromkeys(names))
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """``"256x192"`` -> (256, 192), width first, at least the SSIM window a side; EdgeError on anything else."""
-    width, height = preprocess.parse_size(text)
-    if min(width, height) < SSIM_WINDOW:
-        raise EdgeError(f"--size {text} is too small: at least {SSIM_WINDOW} pixels a side")
-    return width, height
-
-
-@dataclass(frozen=True)
-class Floor:
-    """``--floor [backend/precision:]metric=value``: a figure every row that ran (or the named row) must reach."""
-
-    metric: str
-    value: float
-    backend: str | None = None  # None: every row that ran
-    precision: str | None = None
-
-    @property
-    def text(self) -> str:
-        scope = f"{self.backend}/{self.precision}:" if self.backend else ""
-        return f"{scope}{self.metric}={self.value:g}"
-
-
-def parse_floor(text: str) -> Floor:
-    """``"fps=30"`` or ``"onnxruntime/int8:fps=30"`` -> Floor; EdgeError for a bad form or an unknown metric."""
-    scope, _, claim = text.rpartition(":")
-    metric, sep, value = claim.partition("=")
-    metric = metric.strip()
-    if not sep or not metric:
-        raise EdgeError(f"--floor {text!r}: expected metric=value such as fps=30 or onnxruntime/int8:fps=30")
-    if metric not in FLOOR_METRICS:
-        guess = difflib.get_close_matches(metric, FLOOR_METRICS, n=1)
-        hint = f" (did you mean {guess[0]}?)" if guess else ""
-        raise EdgeError(f"--floor {text!r}: unknown metric {metric!r}: use {', '.join(FLOOR_METRICS)}{hint}")
-    try:
-        number = float(value)
-    except ValueError:
-        raise EdgeError(f"--floor {text!r}: {value!r} is not a number") from None
-    if not np.isfinite(number):
-        raise EdgeError(f"--floor {text!r}: the value must be finite")
-    if not scope:
-        return Floor(metric, number)
-    backend, slash, precision = scope.partition("/")
-    if not slash or backend not in BACKENDS or precision not in ROW_PRECISIONS:
-        raise EdgeError(
-            f"--floor {text!r}: the row must be BACKEND/PRECISION with a backend of {', '.join(BACKENDS)} and a "
-            f"precision of {', '.join(ROW_PRECISIONS)}"
-        )
-    return Floor(metric, number, backend, precision)
-
-
-def check_floors(report: dict[str, Any], floors: Sequence[Floor]) -> list[str]:
-    """One line per floor missed, e.g. ``onnxruntime/int8 fps 24.1 is below the floor 30``; empty when all pass.
-
-    An unscoped floor applies to the rows that ran; a scoped floor also fails when its row did not run.
-    """
-    failures = []
-    for floor in floors:
-        for row in report["rows"]:
-            name = f"{row['backend']}/{row['precision']}"
-            if floor.backend is not None and (row["backend"], row["precision"]) != (floor.backend, floor.precision):
-                continue
-            if row["status"] != "ok":
-                if floor.backend is not None:
-                    failures.append(f"{name} {floor.metric}: the row did not run ({row['status']})")
-                continue
-            value = row[floor.metric]
-            higher_is_better = FLOOR_METRICS[floor.metric]
-            if value is None:
-                failures.append(f"{name} {floor.metric} was not measured (floor {floor.value:g})")
-            elif higher_is_better and value < floor.value:
-                failures.append(f"{name} {floor.metric} {value:.4g} is below the floor {floor.value:g}")
-            elif not higher_is_better and value > floor.value:
-                failures.append(f"{name} {floor.metric} {value:.4g} is above the ceiling {floor.value:g}")
-    return failures
 
 
 # -- frames --------------------------------------------------------------------------------------------------------
@@ -282,92 +168,6 @@ def load_clip(uri: str, frames: int, batch: int, size: tuple[int, int] | None, d
 
 
 # -- one row -------------------------------------------------------------------------------------------------------
-
-
-class _TorchBackend:
-    """The checkpoint a model was exported from, in PyTorch eager mode (FP32; CUDA when available, else CPU)."""
-
-    def __init__(self, model: Any, torch: Any, checkpoint: Path) -> None:
-        self.name = "pytorch"
-        self.precision = "fp32"
-        self._torch = torch
-        self._device = "cuda" if torch.cuda.is_available() else "cpu"
-        self._model = model.to(self._device)
-        self._checkpoint = checkpoint
-
-    def encode(self, images: np.ndarray) -> np.ndarray:
-        """N x 3 x H x W float32 RGB in [-1, 1] -> N x h x w int32."""
-        with self._torch.inference_mode():
-            ids = self._model.encode(self._torch.from_numpy(images).to(self._device))
-        return ids.cpu().numpy().astype(np.int32, copy=False)
-
-    def decode(self, ids: np.ndarray) -> np.ndarray:
-        """N x h x w int32 -> N x 3 x H x W float32 in [-1, 1]."""
-        with self._torch.inference_mode():
-            images = self._model.decode(self._torch.from_numpy(ids).to(self._device))
-        return images.float().cpu().numpy()
-
-    def describe(self) -> str:
-        return f"pytorch {self._torch.__version__} fp32 on {self._device} ({self._checkpoint.name})"
-
-    def close(self) -> None:
-        self._model = None
-
-
-def _open_pytorch(manifest: Manifest, precision: str, threads: int | None) -> _TorchBackend:
-    """The checkpoint named in the manifest's ``source``; Unavailable without torch or without that checkpoint."""
-    if precision != "fp32":
-        raise Unavailable("the pytorch row runs fp32 only")
-    try:
-        import torch
-    except ImportError:
-        raise Unavailable("torch not installed") from None
-    try:
-        from provq.train import checkpoint as ckpt
-        from provq.train.errors import ProvqError
-    except ImportError as err:
-        raise Unavailable(f"provq.train does not import ({err})") from None
-    source = manifest.data.get("source") or {}
-    name = source.get("checkpoint")
-    if not isinstance(name, str) or not name:
-        raise Unavailable("the manifest does not name the checkpoint it was exported from")
-    candidates = [manifest.directory / Path(name).name]
-    if name == ckpt.DEFAULT_NAME:
-        candidates.append(ckpt.default_checkpoint())
-    found = next((p for p in candidates if p.is_file()), None)
-    if found is None:
-        raise Unavailable(f"checkpoint {name} not found (put it in {manifest.directory})")
-    expected = source.get("checkpoint_sha256")
-    if expected and sha256_file(found) != expected:
-        raise Unavailable(f"{found} is not the checkpoint this model was exported from (sha256 differs)")
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        model = ckpt.load_tokenizer(found)
-    except ProvqError as err:
-        raise Unavailable(str(err)) from None
-    return _TorchBackend(model, torch, found)
-
-
-def open_row_backend(manifest: Manifest, backend: str, precision: str, threads: int | None) -> Backend:
-    """The backend of one row (``precision`` from ROW_PRECISIONS), or Unavailable saying why it cannot run here."""
-    encoder, decoder = SPLITS.get(precision, (precision, precision))
-    if backend == "pytorch":
-        return _open_pytorch(manifest, precision, threads)
-    if backend == "tensorrt":
-        try:
-            import_tensorrt()
-        except EdgeError as err:
-            raise Unavailable("tensorrt not installed" if str(err).startswith(TRT_MISSING) else str(err)) from None
-        try:
-            return TensorRTBackend(manifest, decoder, encoder_precision=encoder)
-        except EdgeError as err:
-            raise Unavailable(str(err)) from None
-    for part in dict.fromkeys((encoder, decoder)):
-        if part not in manifest.precisions:
-            fix = "export the model again" if part == "fp16" else "run provq-calibrate"
-            raise Unavailable(f"no {part} files ({fix})")
-    return OnnxRuntimeBackend(manifest, decoder, encoder_precision=encoder, threads=threads)
 
 
 def latency_stats(times_ms: Sequence[float], batch: int) -> dict[str, Any]:
@@ -509,74 +309,6 @@ def add_speedups(rows: list[dict[str, Any]]) -> None:
         row["speedup_vs_fp32"] = row["round_trip"]["speedup_vs_fp32"]
 
 
-# -- codec baselines -----------------------------------------------------------------------------------------------
-
-
-def _encoded_sizes(frames: Sequence[np.ndarray], ext: str, flag: int, quality: int) -> float:
-    """Mean bytes per frame of ``frames`` encoded at ``quality``; EdgeError when this OpenCV cannot encode ``ext``."""
-    total = 0
-    for bgr in frames:
-        try:
-            ok, data = cv2.imencode(ext, bgr, [flag, quality])
-        except cv2.error:
-            ok = False
-        if not ok:
-            raise EdgeError(f"this OpenCV cannot encode {ext}")
-        total += data.size
-    return total / len(frames)
-
-
-def match_quality(frames: Sequence[np.ndarray], ext: str, flag: int, target: float) -> int:
-    """The quality in 1..100 whose mean bytes per frame is nearest ``target`` (binary search; size grows with it)."""
-    lo, hi = 1, 100
-    while lo < hi:  # smallest quality whose size reaches the target (100 when none does)
-        mid = (lo + hi) // 2
-        if _encoded_sizes(frames, ext, flag, mid) >= target:
-            hi = mid
-        else:
-            lo = mid + 1
-    if lo > 1:
-        above, below = _encoded_sizes(frames, ext, flag, lo), _encoded_sizes(frames, ext, flag, lo - 1)
-        if abs(below - target) < abs(above - target):
-            return lo - 1
-    return lo
-
-
-def codec_baseline(frames: Sequence[np.ndarray], codec: str, ext: str, flag: int, target: float) -> dict[str, Any]:
-    """One codec at the quality matching ``target`` bytes per frame: size, PSNR, SSIM, median encode/decode ms."""
-    entry: dict[str, Any] = {"codec": codec, "status": "ok", "target_bytes_per_frame": target}
-    try:
-        quality = match_quality(frames, ext, flag, target)
-    except EdgeError as err:
-        entry["status"] = f"unavailable: {err}"
-        return entry
-    sizes, enc_ms, dec_ms, psnrs, ssims = [], [], [], [], []
-    for bgr in frames:
-        t0 = time.perf_counter()
-        _, data = cv2.imencode(ext, bgr, [flag, quality])
-        t1 = time.perf_counter()
-        decoded = cv2.imdecode(data, cv2.IMREAD_COLOR)
-        t2 = time.perf_counter()
-        sizes.append(data.size)
-        enc_ms.append((t1 - t0) * 1e3)
-        dec_ms.append((t2 - t1) * 1e3)
-        psnrs.append(psnr(decoded, bgr))
-        ssims.append(ssim(decoded, bgr))
-    mean_bytes = float(np.mean(sizes))
-    entry.update({
-        "quality": quality, "bytes_per_frame": mean_bytes, "bytes_ratio": mean_bytes / target,
-        "quality_limited": (quality == 1 and mean_bytes > target) or (quality == 100 and mean_bytes < target),
-        "psnr_db": float(np.mean(psnrs)), "ssim": float(np.mean(ssims)),
-        "encode_ms": float(np.median(enc_ms)), "decode_ms": float(np.median(dec_ms)),
-    })  # fmt: skip
-    return entry
-
-
-def codec_baselines(frames: Sequence[np.ndarray], target: float) -> list[dict[str, Any]]:
-    """JPEG and WebP matched to ``target`` bytes per frame (the tokenizer's), on the same frames."""
-    return [codec_baseline(frames, codec, ext, flag, target) for codec, ext, flag in CODECS]
-
-
 def video_section(manifest: Manifest, clip: Clip, config: BenchConfig) -> dict[str, Any]:
     """{"points": the tokenizer's rate-distortion points, "h264": H.264 matched to each point's bytes per frame}."""
 
@@ -586,96 +318,6 @@ def video_section(manifest: Manifest, clip: Clip, config: BenchConfig) -> dict[s
     points = tokenizer_points(manifest, clip, config.stable_margins, config.threads, chunk_bytes)
     h264 = [h264_baseline(clip.references, clip.fps, p["bytes_per_frame"]) for p in points]
     return {"points": points, "h264": h264}
-
-
-# -- environment ---------------------------------------------------------------------------------------------------
-
-
-def memory_mb() -> dict[str, float | None]:
-    """{"rss_mb": current resident memory, "peak_rss_mb": the process's peak so far} in MiB (None where unknown)."""
-    peak = None
-    if resource is not None:
-        unit = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is bytes on macOS, KiB on Linux
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit / 2**20
-    current = None
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                current = int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return {"rss_mb": current, "peak_rss_mb": peak}
-
-
-def _cpu_model() -> str:
-    """'AMD EPYC 9R14' from /proc/cpuinfo (model name, or on ARM the Hardware/Model line), else platform's guess."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        text = ""
-    for key in ("model name", "Hardware", "Model"):
-        for line in text.splitlines():
-            if line.split(":")[0].strip() == key and ":" in line:
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def _gpus() -> list[str] | None:
-    """``nvidia-smi`` names and memory of the GPUs, or None without nvidia-smi (Jetsons have none)."""
-    if shutil.which("nvidia-smi") is None:
-        return None
-    try:
-        done = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
-            capture_output=True, text=True, timeout=15, check=False,
-        )  # fmt: skip
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    lines = [line.strip() for line in done.stdout.splitlines() if line.strip()]
-    return lines if done.returncode == 0 and lines else None
-
-
-def _jetson_model() -> str | None:
-    """/proc/device-tree/model on a Jetson (e.g. 'NVIDIA Jetson Orin Nano Developer Kit'), else None."""
-    try:
-        return Path("/proc/device-tree/model").read_bytes().rstrip(b"\x00").decode("utf-8", "replace").strip() or None
-    except OSError:
-        return None
-
-
-def _version(distribution: str, module: str | None = None) -> str | None:
-    """Installed version of a package: its distribution metadata, else an already imported module's __version__."""
-    try:
-        return importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        loaded = sys.modules.get(module or distribution)
-        return str(getattr(loaded, "__version__", None)) if loaded is not None else None
-
-
-def environment(threads: int | None) -> dict[str, Any]:
-    """Where the figures were measured: CPU, cores, threads, GPU, Jetson model, versions and the date (UTC)."""
-    import onnxruntime
-
-    return {
-        "cpu": _cpu_model(),
-        "machine": platform.machine(),
-        "os": platform.platform(),
-        "cores": os.cpu_count(),
-        "threads": threads,  # None: each backend's default (ONNX Runtime: one per physical core)
-        "gpu": _gpus(),
-        "jetson": _jetson_model(),
-        "onnxruntime_providers": onnxruntime.get_available_providers(),
-        "versions": {
-            "provq": _version("provq"),
-            "python": platform.python_version(),
-            "numpy": np.__version__,
-            "opencv": cv2.__version__,
-            "onnxruntime": onnxruntime.__version__,
-            "tensorrt": _version("tensorrt"),
-            "torch": _version("torch") if "torch" in sys.modules and sys.modules["torch"] is not None else None,
-        },
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
 
 
 # -- the whole run -------------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import sys
 from collections.abc import Iterator, Sequence
@@ -25,18 +26,10 @@ from pathlib import Path
 
 import cv2
 
-from .bench import (
-    BACKENDS,
-    ROW_PRECISIONS,
-    BenchConfig,
-    Floor,
-    check_floors,
-    parse_floor,
-    parse_names,
-    parse_size,
-    run_benchmark,
-)
+from .bench import BACKENDS, ROW_PRECISIONS, BenchConfig, run_benchmark
+from .bench_args import Floor, check_floors, parse_floor, parse_names, parse_size
 from .bench_report import format_markdown, format_text, write_plot
+from .console import command_frame, command_parser
 from .errors import EdgeError
 
 PROG = "provq-bench"
@@ -53,12 +46,12 @@ class _OneLineParser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``provq-bench``."""
     d = BenchConfig()
-    p = _OneLineParser(
-        prog=PROG,
-        description="Compare backends and precisions of a provq model: latency, PSNR/SSIM, token agreement, "
+    p = command_parser(
+        PROG,
+        "Compare backends and precisions of a provq model: latency, PSNR/SSIM, token agreement, "
         "token stream bytes per frame, and JPEG/WebP (and H.264 on videos) at the same size.",
-        epilog=__doc__.split("\n", 2)[2],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        __doc__,
+        _OneLineParser,
     )
     p.add_argument("--model", default=d.model, metavar="MODEL_DIR", help="model folder (default: %(default)s)")
     p.add_argument("--input", default=d.input, metavar="URI", help="video, folder, glob, camera (default: %(default)s)")
@@ -138,20 +131,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-        config, floors = _config(args)
-        if args.plot is not None:
-            try:
-                import matplotlib  # noqa: F401
-            except ImportError:
-                print(NO_MATPLOTLIB, file=sys.stderr)
-                return 2
-        report = run_benchmark(config, progress=lambda line: print(f"{PROG}: {line}", file=sys.stderr, flush=True))
-    except EdgeError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 2
+    return command_frame(PROG, lambda: _bench(build_parser().parse_args(argv)))
+
+
+def _bench(args: argparse.Namespace) -> int:
+    config, floors = _config(args)
+    if args.plot is not None and importlib.util.find_spec("matplotlib") is None:
+        raise EdgeError(NO_MATPLOTLIB)
+    report = run_benchmark(config, progress=lambda line: print(f"{PROG}: {line}", file=sys.stderr, flush=True))
     print(format_text(report))
     if args.json is not None:
         args.json.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n", encoding="utf-8")

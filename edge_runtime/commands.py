@@ -9,20 +9,21 @@ are set first (``console.quiet_opencv``: OpenCV reads them when it loads).
 from __future__ import annotations
 
 import importlib
-import sys
 
-from .console import quiet_opencv
-from .errors import EdgeError
+from .console import command_frame, quiet_opencv
 from .opencv_import import import_cv2
+
+
+def _load_opencv() -> int:
+    import_cv2()
+    return 0
 
 
 def _start(prog: str, module: str) -> int:
     quiet_opencv()
-    try:
-        import_cv2()
-    except EdgeError as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
-        return 2
+    code = command_frame(prog, _load_opencv)
+    if code:
+        return code
     return int(importlib.import_module(f"provq.edge_runtime.{module}").main())
 
 

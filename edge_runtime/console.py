@@ -1,4 +1,9 @@
-"""What provq-run and provq-decode share on the terminal: quiet OpenCV, a rate-limited status line, stop signals."""
+"""What every provq command shares on the terminal: the error frame, stop signals, quiet OpenCV, a status line.
+
+``command_frame`` is the one place a user error becomes ``PROG: error: MESSAGE`` and exit 2 (no traceback), a run
+stopped by a signal after saving its work exits 128 + the signal number (130 SIGINT, 143 SIGTERM), and Ctrl-C
+elsewhere exits 130. Every console script runs its body inside it (``run_command`` adds argument parsing).
+"""
 
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TextIO
 
-from .errors import EdgeError
+from .formats.errors import ProvqError
 
 TTY_EVERY_S = 0.5  # a terminal's status line is rewritten at most this often
 LOG_EVERY_S = 5.0  # elsewhere (a log file, a pipe) one line this often
@@ -55,11 +60,20 @@ class StatusLine:
         self._shown = False
 
 
+class Stopped(Exception):
+    """A run ended early by SIGINT or SIGTERM after saving its work; the message says how to continue."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
 @contextmanager
-def stop_on_signals(stop: Callable[[], None]) -> Iterator[list[str]]:
-    """While active, SIGINT and SIGTERM call ``stop`` instead of killing the process; yields the list of signal
-    names received. After the first SIGINT a second one raises KeyboardInterrupt as usual (an impatient Ctrl-C).
-    Outside the main thread (where Python cannot install handlers) nothing is installed."""
+def stop_on_signals(stop: Callable[[], None] | None = None, *, second_interrupt: bool = True) -> Iterator[list[str]]:
+    """While active, SIGINT and SIGTERM are recorded (and call ``stop``, if given) instead of killing the process;
+    yields the list of signal names received ("SIGINT", "SIGTERM"). With ``second_interrupt`` a second SIGINT raises
+    KeyboardInterrupt as usual (an impatient Ctrl-C); without it every signal is only recorded. Outside the main
+    thread (where Python cannot install handlers) nothing is installed and the signals keep their usual effect."""
     received: list[str] = []
     if threading.current_thread() is not threading.main_thread():
         yield received
@@ -67,9 +81,10 @@ def stop_on_signals(stop: Callable[[], None]) -> Iterator[list[str]]:
 
     def handler(signum: int, _frame: object) -> None:
         received.append(signal.Signals(signum).name)
-        if signum == signal.SIGINT:
+        if signum == signal.SIGINT and second_interrupt:
             signal.signal(signal.SIGINT, signal.default_int_handler)
-        stop()
+        if stop is not None:
+            stop()
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -79,20 +94,43 @@ def stop_on_signals(stop: Callable[[], None]) -> Iterator[list[str]]:
             signal.signal(sig, old)
 
 
-def run_command(
-    prog: str, parser: argparse.ArgumentParser, body: Callable[[argparse.Namespace], int],
-    argv: list[str] | None, interrupted: str = "interrupted",
-) -> int:  # fmt: skip
-    """The shared frame of provq-run and provq-decode: quiet OpenCV, parse, run ``body``; a user error is one line
-    and exit 2, Ctrl-C exit 130 with ``interrupted``."""
-    quiet_opencv()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format=f"{prog}: %(message)s")
+def command_parser(
+    prog: str, description: str, doc: str, parser_class: type[argparse.ArgumentParser] = argparse.ArgumentParser
+) -> argparse.ArgumentParser:
+    """The argument parser every command starts from: its name, a one-line description and, as the epilog, the
+    examples of the command module's docstring ``doc`` (everything after its first two lines), kept as written."""
+    return parser_class(
+        prog=prog,
+        description=description,
+        epilog=doc.split("\n", 2)[2],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def command_frame(prog: str, body: Callable[[], int], interrupted: str = "interrupted") -> int:
+    """Run ``body`` and return its exit code; a ProvqError is one line ``PROG: error: MESSAGE`` and exit 2, a
+    Stopped its message and 128 + its signal number, a KeyboardInterrupt ``PROG: interrupted`` and 130."""
     try:
-        return body(args)
-    except EdgeError as err:
+        return body()
+    except ProvqError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
+    except Stopped as stop:
+        print(f"{prog}: {stop}", file=sys.stderr)
+        return 128 + stop.signum
     except KeyboardInterrupt:
         print(f"{prog}: {interrupted}", file=sys.stderr)
         return 130
+
+
+def run_command(
+    prog: str, parser: argparse.ArgumentParser, body: Callable[[argparse.Namespace], int],
+    argv: list[str] | None, interrupted: str = "interrupted", *, log_format: str | None = None,
+    log_level: int = logging.WARNING,
+) -> int:  # fmt: skip
+    """Quiet OpenCV, parse ``argv``, set up logging (default format ``PROG: message``) and run ``body(args)`` in
+    ``command_frame``."""
+    quiet_opencv()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=log_level, format=log_format or f"{prog}: %(message)s")
+    return command_frame(prog, lambda: body(args), interrupted)

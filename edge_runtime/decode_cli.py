@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from .console import StatusLine, run_command, stop_on_signals
+from .console import StatusLine, command_parser, run_command, stop_on_signals
 from .errors import EdgeError
 from .run_cli import positive_int
 
@@ -26,12 +26,7 @@ PROG = "provq-decode"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog=PROG,
-        description="Decode a provq token stream back to frames.",
-        epilog=__doc__.split("\n", 2)[2],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = command_parser(PROG, "Decode a provq token stream back to frames.", __doc__)
     p.add_argument("tokens", metavar="FILE.ptok", type=Path, help="a token stream written by provq-run --tokens")
     p.add_argument("output", metavar="OUTPUT", help="file.mp4|.avi|.mkv, folder/%%06d.png, a folder, or display://0")
     p.add_argument(

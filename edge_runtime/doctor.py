@@ -82,7 +82,7 @@ def _environment() -> str:
 
 
 def _jetson() -> Check:
-    from .engine_meta import TEGRA_RELEASE, read_l4t
+    from .engine_device import TEGRA_RELEASE, read_l4t
 
     l4t = read_l4t()
     if l4t is None:
@@ -144,7 +144,7 @@ def _onnx() -> Check:
 
 
 def _tensorrt() -> Check:
-    from .engine_meta import import_tensorrt
+    from .engine_device import import_tensorrt
 
     try:
         trt = import_tensorrt()

@@ -1,11 +1,7 @@
-"""The one exception type for user errors in the runtime (sources, models, token streams, engines)."""
+"""The runtime's user error (sources, models, token streams, engines): defined with its base in ``formats.errors``."""
 
 from __future__ import annotations
 
+from .formats.errors import EdgeError, ProvqError
 
-class EdgeError(Exception):
-    """A problem with the user's input: a missing or corrupt file, an unknown URI, a model that does not match.
-
-    The message is a single line that names the problem and how to fix it; the command line prints it without a
-    traceback and exits non-zero.
-    """
+__all__ = ["EdgeError", "ProvqError"]

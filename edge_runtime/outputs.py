@@ -27,9 +27,10 @@ import cv2
 import numpy as np
 
 from .errors import EdgeError
+from .formats.files import write_bytes_atomic
+from .formats.media import IMAGE_EXTENSIONS
 
 VIDEO_CODECS = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "FFV1"}  # extension -> fourcc
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 DEFAULT_PATTERN = "%06d.png"  # inside a folder output
 DEFAULT_FPS = 30.0  # for a video when the source does not say
 _PRINTF_INT = re.compile(r"%0?\d*d")
@@ -137,12 +138,9 @@ class ImageOutput(Output):
         if not ok:
             raise EdgeError(f"OpenCV cannot encode {self.extension} images: pick .png or .jpg")
         path = self.pattern.with_name(self.pattern.name % self.frames)
-        tmp = path.with_name(f".{path.name}.tmp")
         try:
-            tmp.write_bytes(data.tobytes())
-            os.replace(tmp, path)
+            write_bytes_atomic(path, data.tobytes())
         except OSError as err:
-            tmp.unlink(missing_ok=True)
             raise EdgeError(f"cannot write {path}: {err.strerror}") from None
         self.frames += 1
 

@@ -30,7 +30,6 @@ raises it (the first error only) after all threads ended, with the token stream 
 
 from __future__ import annotations
 
-import math
 import queue
 import threading
 import time
@@ -48,6 +47,7 @@ from .backends import Backend
 from .errors import EdgeError
 from .outputs import DisplayOutput, Output
 from .preprocess import Geometry, from_model_output, prepare, restore, to_bgr_uint8
+from .quality import psnr_from_mse
 from .source_uri import redact
 from .sources import FrameSource
 from .stable import StableTokens, load_codebook
@@ -57,7 +57,6 @@ from .tokenstream import StreamHeader, raw_bits_per_frame
 STAGES = ("capture", "preprocess", "encode", "decode", "postprocess", "tokens", "write")
 WINDOW = 1 << 14  # frames kept for the percentiles
 POLL_S = 0.1  # how often blocked threads look at the stop and abort flags
-MIN_MSE = 1e-10  # caps the PSNR of identical frames at 148 dB
 
 
 @dataclass(frozen=True)
@@ -421,7 +420,7 @@ class Pipeline:
         psnr = None
         if self.reconstruct and self._values:
             mse = self._sq_error / self._values
-            psnr = round(10 * math.log10(255.0**2 / max(mse, MIN_MSE)), 3)
+            psnr = round(psnr_from_mse(mse), 3)
         return RunReport(
             frames=frames,
             dropped=int(self.source.dropped),
@@ -440,15 +439,3 @@ class Pipeline:
             grid=grid,
             stopped=self.stop_event.is_set(),
         )
-
-
-def model_only_fps(backend: Backend, shape: tuple[int, int, int, int], frames: int = 50, warmup: int = 3) -> float:
-    """Encoder-only throughput for comparison with a pipeline run: ``frames`` back-to-back encodes of one
-    N x 3 x H x W float32 batch (random values in [-1, 1]) after ``warmup`` calls; returns images per second."""
-    images = np.random.default_rng(0).uniform(-1, 1, shape).astype(np.float32)
-    for _ in range(warmup):
-        backend.encode(images)
-    start = time.perf_counter()
-    for _ in range(frames):
-        backend.encode(images)
-    return frames * shape[0] / (time.perf_counter() - start)

@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from .errors import EdgeError
+from .formats.pixels import model_to_levels, rgb_to_model, uint16_to_uint8
 
 FITS = ("pad", "crop", "resize")
 
@@ -59,8 +60,7 @@ def to_bgr_uint8(frame: np.ndarray) -> np.ndarray:
     if not isinstance(frame, np.ndarray) or frame.size == 0:
         raise EdgeError("empty frame: the source gave no pixels")
     if frame.dtype == np.uint16:
-        frame = (frame.astype(np.uint32) * 255 + 32767) // 65535
-        frame = frame.astype(np.uint8)
+        frame = uint16_to_uint8(frame)
     elif frame.dtype != np.uint8:
         raise EdgeError(f"frames must be uint8 or uint16, got {frame.dtype}: convert the source to 8 or 16 bit")
     if frame.ndim == 2 or (frame.ndim == 3 and frame.shape[2] == 1):
@@ -107,9 +107,9 @@ def fit_frame(bgr: np.ndarray, geometry: Geometry) -> np.ndarray:
 
 
 def to_model_input(frames_bgr: list[np.ndarray] | np.ndarray) -> np.ndarray:
-    """N frames of H x W x 3 uint8 BGR (same size) -> N x 3 x H x W float32 RGB in [-1, 1] (contiguous)."""
-    batch = np.ascontiguousarray(np.stack(frames_bgr)[..., ::-1].transpose(0, 3, 1, 2))
-    return batch.astype(np.float32) * np.float32(2.0 / 255.0) - np.float32(1.0)
+    """N frames of H x W x 3 uint8 BGR (same size) -> N x 3 x H x W float32 RGB in [-1, 1] (contiguous;
+    ``formats.pixels.rgb_to_model``)."""
+    return rgb_to_model(np.stack(frames_bgr)[..., ::-1])
 
 
 def prepare(frame: np.ndarray, downsample: int, fit: str = "pad") -> tuple[np.ndarray, Geometry]:
@@ -121,8 +121,7 @@ def prepare(frame: np.ndarray, downsample: int, fit: str = "pad") -> tuple[np.nd
 
 def from_model_output(images: np.ndarray) -> np.ndarray:
     """N x 3 x H x W float RGB in [-1, 1] -> N x H x W x 3 uint8 BGR (rounded, clipped)."""
-    scaled = (np.asarray(images, dtype=np.float32) + 1.0) * 127.5
-    return np.ascontiguousarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)[..., ::-1])
+    return np.ascontiguousarray(model_to_levels(images).transpose(0, 2, 3, 1)[..., ::-1])
 
 
 def restore(image_bgr: np.ndarray, geometry: Geometry) -> np.ndarray:

@@ -1,10 +1,11 @@
-"""Reconstruction quality on uint8 frames, numpy and OpenCV only: PSNR and SSIM.
+"""Reconstruction quality, numpy and OpenCV only: the one PSNR and SSIM of provq (``provq.train.metrics`` holds
+their torch twins, tested equal on real photos).
 
-Both take two H x W x C uint8 images of the same shape (any channel order, the same in both) and score them on the
-0..255 scale. They agree with ``provq.train.metrics`` (the torch versions used in training and the study) up to the
-uint8 rounding of the inputs:
+``psnr`` takes two arrays of the same shape on a scale of peak-to-peak ``peak`` (uint8 frames: 255, the default;
+model images in [-1, 1]: 2); ``ssim`` two H x W (x C) uint8 images (any channel order, the same in both):
 
-    psnr   10 * log10(255^2 / MSE) over all pixels and channels; identical images give PSNR_CAP_DB (100 dB)
+    psnr   10 * log10(peak^2 / MSE) over every value, at most PSNR_CAP_DB (100 dB, what identical images give): the
+           MSE is floored at peak^2 * 10^(-PSNR_CAP_DB / 10) (``psnr_from_mse``)
     ssim   Wang et al. 2004: Gaussian 11 x 11 window, sigma 1.5, K1 = 0.01, K2 = 0.03, data range 255, population
            covariances; the SSIM map of each colour channel on its valid region (5 pixels lost on each side),
            averaged spatially, then over channels. The same as ``skimage.metrics.structural_similarity(a, b,
@@ -21,8 +22,10 @@ import numpy as np
 PSNR_CAP_DB = 100.0  # PSNR of identical images (instead of +inf)
 SSIM_WINDOW = 11  # Gaussian window taps; images must be at least this tall and wide
 SSIM_SIGMA = 1.5
-SSIM_C1 = (0.01 * 255.0) ** 2
-SSIM_C2 = (0.03 * 255.0) ** 2
+SSIM_K1 = 0.01
+SSIM_K2 = 0.03
+SSIM_C1 = (SSIM_K1 * 255.0) ** 2
+SSIM_C2 = (SSIM_K2 * 255.0) ** 2
 
 
 def _check_pair(a: np.ndarray, b: np.ndarray) -> None:
@@ -30,11 +33,17 @@ def _check_pair(a: np.ndarray, b: np.ndarray) -> None:
         raise ValueError(f"expected two H x W (x C) images of the same shape, got {a.shape} and {b.shape}")
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB of two uint8 images on the 0..255 scale; PSNR_CAP_DB when they are identical."""
-    _check_pair(a, b)
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return PSNR_CAP_DB if mse == 0 else min(PSNR_CAP_DB, 10.0 * math.log10(255.0**2 / mse))
+def psnr_from_mse(mse: float, peak: float = 255.0) -> float:
+    """PSNR in dB of a mean squared error on a scale of peak-to-peak ``peak``; PSNR_CAP_DB at most."""
+    floor = peak**2 * 10.0 ** (-PSNR_CAP_DB / 10.0)
+    return PSNR_CAP_DB if mse <= floor else 10.0 * math.log10(peak**2 / mse)
+
+
+def psnr(a: np.ndarray, b: np.ndarray, peak: float = 255.0) -> float:
+    """PSNR in dB of two arrays of the same shape (uint8 images: ``peak`` 255; [-1, 1] images: 2); see above."""
+    if a.shape != b.shape:
+        raise ValueError(f"expected two arrays of the same shape, got {a.shape} and {b.shape}")
+    return psnr_from_mse(float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)), peak)
 
 
 def _blur_valid(image: np.ndarray) -> np.ndarray:

@@ -26,7 +26,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .console import StatusLine, run_command, stop_on_signals
+from .console import StatusLine, command_parser, run_command, stop_on_signals
 from .errors import EdgeError
 from .stable import DEFAULT_MARGIN
 
@@ -61,12 +61,7 @@ def _margin(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog=PROG,
-        description="Stream frames to provq tokens (.ptok) and optionally reconstruct them.",
-        epilog=__doc__.split("\n", 2)[2],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = command_parser(PROG, "Stream frames to provq tokens (.ptok) and optionally reconstruct them.", __doc__)
     p.add_argument(
         "input",
         metavar="INPUT",

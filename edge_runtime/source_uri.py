@@ -28,8 +28,8 @@ from pathlib import Path
 import cv2
 
 from .errors import EdgeError
+from .formats.media import IMAGE_EXTENSIONS
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 SCHEMES = ("file://", "v4l2://", "rtsp://", "rtsps://", "csi://", "gst://", "sample://")
 KINDS = ("video", "images", "v4l2", "rtsp", "csi", "gst")  # what a SourceSpec can be
 

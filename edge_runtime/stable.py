@@ -22,10 +22,10 @@ import hashlib
 import numpy as np
 
 from .errors import EdgeError
+from .formats.graph import QUANTIZER_SCOPE
 from .manifest import Manifest
 
 DEFAULT_MARGIN = 0.1  # what a bare --stable-tokens uses; docs/BENCHMARKS.md ("Stable tokens") has the measurements
-QUANTIZER_PREFIX = "/quantizer/"
 
 
 def latents_tensor(model) -> str:  # model: onnx.ModelProto (onnx is imported by the caller)
@@ -33,15 +33,15 @@ def latents_tensor(model) -> str:  # model: onnx.ModelProto (onnx is imported by
     producers = {out: node for node in model.graph.node for out in node.output}
     found = set()
     for node in model.graph.node:
-        if not node.name.startswith(QUANTIZER_PREFIX):
+        if not node.name.startswith(QUANTIZER_SCOPE):
             continue
         for name in node.input:
             src = producers.get(name)
-            if src is not None and not src.name.startswith(QUANTIZER_PREFIX) and src.op_type != "Constant":
+            if src is not None and not src.name.startswith(QUANTIZER_SCOPE) and src.op_type != "Constant":
                 found.add(name)
     if len(found) != 1:
         raise EdgeError(
-            f"the encoder graph has {len(found)} candidate latent tensors feeding {QUANTIZER_PREFIX} (expected 1): "
+            f"the encoder graph has {len(found)} candidate latent tensors feeding {QUANTIZER_SCOPE} (expected 1): "
             "--stable-tokens needs a graph exported by provq-export"
         )
     return found.pop()

@@ -28,16 +28,9 @@ from typing import Any
 import numpy as np
 
 from .cuda_shim import CudaRuntime
-from .engine_meta import (
-    EngineMeta,
-    ShapeProfile,
-    check_sidecar,
-    format_shape,
-    image_shape,
-    import_tensorrt,
-    probe_device,
-    rebuild_command,
-)
+from .engine_device import import_tensorrt, probe_device
+from .engine_meta import EngineMeta, check_sidecar, rebuild_command
+from .engine_shapes import ShapeProfile, format_shape, image_shape
 from .errors import EdgeError
 from .manifest import Manifest
 

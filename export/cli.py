@@ -16,38 +16,34 @@ Formats:
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 from pathlib import Path
+
+from provq.edge_runtime.console import command_frame, command_parser
+from provq.edge_runtime.formats.errors import ProvqError
 
 PROG = "provq-export"
 
 
 def _export_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(
-        prog=PROG,
-        description="Export a provq checkpoint to ONNX (encoder: frames -> int32 ids, decoder: ids -> frames).",
-        epilog=__doc__.split("\n", 2)[2],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = command_parser(
+        PROG, "Export a provq checkpoint to ONNX (encoder: frames -> int32 ids, decoder: ids -> frames).", __doc__
     )
     p.add_argument("checkpoint", metavar="CKPT", help="a last.pt written by provq-train, or 'default'")
     p.add_argument("--out", required=True, type=Path, help="model directory to write (replaced if it is one)")
     p.add_argument("--json", type=Path, default=None, help="also write the manifest to this file")
     args = p.parse_args(argv)
-    try:
-        from provq.train.errors import ProvqError
-    except ImportError:
-        print(f"{PROG}: error: exporting needs torch: pip install 'provq[train]'", file=sys.stderr)
-        return 2
-    from provq.edge_runtime.errors import EdgeError
+    return command_frame(PROG, lambda: _export(args))
 
+
+def _export(args: argparse.Namespace) -> int:
+    if importlib.util.find_spec("torch") is None:
+        raise ProvqError("exporting needs torch: pip install 'provq[train]'")
     from .onnx_export import export_model
 
-    try:
-        manifest = export_model(args.checkpoint, args.out)
-    except (ProvqError, EdgeError) as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 2
+    manifest = export_model(args.checkpoint, args.out)
     if args.json:
         args.json.write_text(json.dumps(manifest.data, indent=2) + "\n")
     parity = manifest.data["parity"]
@@ -73,16 +69,15 @@ def _check_main(argv: list[str]) -> int:
     )
     p.add_argument("model_dir", metavar="MODEL_DIR")
     args = p.parse_args(argv)
-    from provq.edge_runtime.errors import EdgeError
+    return command_frame(f"{PROG} check", lambda: _check(args))
+
+
+def _check(args: argparse.Namespace) -> int:
     from provq.edge_runtime.manifest import CPU_INT8, load_manifest
 
     from .trt_check import OLDEST_TENSORRT, check_model_dir
 
-    try:
-        findings = check_model_dir(args.model_dir)
-    except EdgeError as err:
-        print(f"{PROG} check: error: {err}", file=sys.stderr)
-        return 2
+    findings = check_model_dir(args.model_dir)
     for finding in findings:
         print(finding)
     errors = sum(f.level == "error" for f in findings)

@@ -43,24 +43,16 @@ from types import ModuleType
 from typing import Any
 
 from provq.edge_runtime.cuda_shim import CudaRuntime
+from provq.edge_runtime.engine_device import DeviceInfo, import_tensorrt, probe_device, trt_major, trt_short
 from provq.edge_runtime.engine_meta import (
-    DeviceInfo,
-    ShapeProfile,
     check_sidecar,
     engine_file_name,
-    format_shape,
-    image_profile,
-    import_tensorrt,
-    input_profile,
     make_meta,
     onnx_source,
-    probe_device,
-    shape_tag,
     sidecar_path,
-    trt_major,
-    trt_short,
     write_sidecar,
 )
+from provq.edge_runtime.engine_shapes import ShapeProfile, format_shape, image_profile, input_profile, shape_tag
 from provq.edge_runtime.errors import EdgeError
 from provq.edge_runtime.manifest import PARTS, PRECISIONS, Manifest, load_manifest, write_bytes_atomic
 

@@ -19,7 +19,9 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from provq.edge_runtime.engine_meta import TRT_MISSING, import_tensorrt, parse_shape
+from provq.edge_runtime.console import command_frame, command_parser
+from provq.edge_runtime.engine_device import TRT_MISSING, import_tensorrt
+from provq.edge_runtime.engine_shapes import parse_shape
 from provq.edge_runtime.errors import EdgeError
 from provq.edge_runtime.manifest import PARTS, PRECISIONS
 
@@ -31,11 +33,8 @@ PROG = "provq-export engine"
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     """The argument parser of ``provq-export engine``."""
-    p = argparse.ArgumentParser(
-        prog=prog,
-        description="Build TensorRT engines (encoder and/or decoder) for a provq model directory on this device.",
-        epilog=__doc__.split("\n", 2)[2],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = command_parser(
+        prog, "Build TensorRT engines (encoder and/or decoder) for a provq model directory on this device.", __doc__
     )
     p.add_argument("model_dir", metavar="MODEL_DIR", help="folder with manifest.json and the ONNX files")
     p.add_argument("--part", default="both", choices=(*PARTS, "both"), help="(default: %(default)s)")
@@ -71,7 +70,7 @@ def engine_main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     engine_log.addHandler(handler)
     engine_log.setLevel(logging.INFO)
     try:
-        return _run(args, prog)
+        return command_frame(prog, lambda: _run(args, prog))
     finally:
         engine_log.removeHandler(handler)
         engine_log.setLevel(level)
@@ -79,24 +78,20 @@ def engine_main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
 
 def _run(args: argparse.Namespace, prog: str) -> int:
     parts = PARTS if args.part == "both" else (args.part,)
+    shapes = {
+        key: None if getattr(args, key) is None else parse_shape(getattr(args, key))
+        for key in ("min_shape", "opt_shape", "max_shape")
+    }
+    options = dict(**shapes, workspace_mb=args.workspace, dla_core=args.dla, out_dir=args.out_dir)
+    requests = [make_request(args.model_dir, part, args.precision, **options) for part in parts]
     try:
-        shapes = {
-            key: None if getattr(args, key) is None else parse_shape(getattr(args, key))
-            for key in ("min_shape", "opt_shape", "max_shape")
-        }
-        options = dict(**shapes, workspace_mb=args.workspace, dla_core=args.dla, out_dir=args.out_dir)
-        requests = [make_request(args.model_dir, part, args.precision, **options) for part in parts]
-        try:
-            import_tensorrt()
-        except EdgeError as err:
-            if not str(err).startswith(TRT_MISSING):
-                raise
-            lines = " && ".join(trtexec_command(plan_build(r, ASSUMED_TRT, None)) for r in requests)
-            raise EdgeError(f"{TRT_MISSING}; the equivalent trtexec command is: {lines}") from None
-        paths = [build_engine(args.model_dir, part, args.precision, rebuild=args.rebuild, **options) for part in parts]
+        import_tensorrt()
     except EdgeError as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
-        return 2
+        if not str(err).startswith(TRT_MISSING):
+            raise
+        lines = " && ".join(trtexec_command(plan_build(r, ASSUMED_TRT, None)) for r in requests)
+        raise EdgeError(f"{TRT_MISSING}; the equivalent trtexec command is: {lines}") from None
+    paths = [build_engine(args.model_dir, part, args.precision, rebuild=args.rebuild, **options) for part in parts]
     for path in paths:
         print(f"{prog}: {path}")
     print(

@@ -26,13 +26,15 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper, shape_inference
 
+from provq.edge_runtime.formats.graph import POST_QUANT_PROJ_SCOPE, QUANT_PROJ_SCOPE, QUANTIZER_SCOPE
+
 FLOAT, HALF = TensorProto.FLOAT, TensorProto.FLOAT16
 FP16_OPS = frozenset(
     {"Add", "Clip", "Concat", "Conv", "Div", "Mul", "Relu", "Resize", "Sigmoid", "Sub", "Tanh",
      # layout changes and the DC-AE shortcuts' channel mean (their integer shape inputs keep their types)
      "DepthToSpace", "ReduceMean", "Reshape", "SpaceToDepth", "Squeeze", "Tile", "Transpose", "Unsqueeze"}
 )  # fmt: skip
-KEEP_FP32 = ("/quantizer/", "/quant_proj/", "/post_quant_proj/")
+KEEP_FP32 = (QUANTIZER_SCOPE, QUANT_PROJ_SCOPE, POST_QUANT_PROJ_SCOPE)
 SHAPE_INPUTS = {"Resize": {1, 2, 3}}  # roi, scales, sizes: not image data, their types are fixed by the operator
 
 

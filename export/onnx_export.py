@@ -16,7 +16,6 @@ failed export leaves the previous directory untouched.
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import os
 import shutil
 import tempfile
@@ -28,12 +27,18 @@ import numpy as np
 import onnx
 import torch
 
-from provq.calibration.report import session
 from provq.edge_runtime import manifest as mf
+from provq.edge_runtime.backends import cpu_session
+from provq.edge_runtime.formats.errors import ProvqError
+from provq.edge_runtime.formats.files import sha256_file
+from provq.edge_runtime.formats.graph import IDS, IMAGES
+from provq.edge_runtime.formats.manifest import ModelManifest, write_manifest
+from provq.edge_runtime.formats.media import IMAGE_EXTENSIONS
+from provq.edge_runtime.formats.versions import package_versions
 from provq.edge_runtime.preprocess import prepare, resize_to
+from provq.edge_runtime.quality import psnr_from_mse
 from provq.train import checkpoint
-from provq.train.data import IMAGE_EXTENSIONS, read_image, sample_dir
-from provq.train.errors import ProvqError
+from provq.train.data import read_image, sample_dir
 from provq.train.model import Tokenizer
 
 from .fp16_graph import convert_to_fp16, rounding_emulation
@@ -53,14 +58,7 @@ def codebook_sha256(codebook: torch.Tensor) -> str:
     return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
 
 
-def _versions() -> dict[str, str]:
-    out = {}
-    for package in ("provq", "torch", "onnx", "onnxruntime", "numpy", "opencv-python-headless"):
-        try:
-            out[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return out
+EXPORTED_WITH = ("provq", "torch", "onnx", "onnxruntime", "numpy", "opencv-python-headless")
 
 
 def _export(module: torch.nn.Module, example: torch.Tensor, path: Path, names: tuple[str, str], axes: dict) -> None:
@@ -86,9 +84,9 @@ def export_graphs(model: Tokenizer, directory: Path) -> tuple[Path, Path]:
     spatial = {0: "batch", 2: "height", 3: "width"}
     grid = {0: "batch", 1: "rows", 2: "columns"}
     images = torch.zeros(1, 3, 4 * ds, 6 * ds)
-    _export(EncoderGraph(model).eval(), images, encoder_path, ("images", "ids"), {"images": spatial, "ids": grid})
+    _export(EncoderGraph(model).eval(), images, encoder_path, (IMAGES, IDS), {IMAGES: spatial, IDS: grid})
     ids = torch.zeros(1, 4, 6, dtype=torch.int32)
-    _export(DecoderGraph(model).eval(), ids, decoder_path, ("ids", "images"), {"ids": grid, "images": spatial})
+    _export(DecoderGraph(model).eval(), ids, decoder_path, (IDS, IMAGES), {IDS: grid, IMAGES: spatial})
     return encoder_path, decoder_path
 
 
@@ -115,7 +113,7 @@ def _parity_batches(downsample: int) -> list[np.ndarray]:
 
 def check_parity(model: Tokenizer, encoder_path: Path, decoder_path: Path) -> dict[str, Any]:
     """Run both ONNX files in ONNX Runtime (CPU) against PyTorch on real frames; figures for the manifest."""
-    encoder, decoder = session(encoder_path), session(decoder_path)
+    encoder, decoder = cpu_session(encoder_path), cpu_session(decoder_path)
     same = total = 0
     max_diff = 0.0
     sizes = []
@@ -123,13 +121,13 @@ def check_parity(model: Tokenizer, encoder_path: Path, decoder_path: Path) -> di
     with torch.no_grad():
         for x in frames:
             ids_torch = model.encode(torch.from_numpy(x)).numpy()
-            ids_onnx = encoder.run(None, {"images": x})[0]
+            ids_onnx = encoder.run(None, {IMAGES: x})[0]
             if ids_onnx.dtype != np.int32 or ids_onnx.shape != ids_torch.shape:
                 raise ProvqError(f"exported encoder gives {ids_onnx.dtype} {ids_onnx.shape}, expected int32 ids")
             same += int((ids_onnx == ids_torch).sum())
             total += ids_torch.size
             recon_torch = model.decode(torch.from_numpy(ids_torch)).numpy()
-            recon_onnx = decoder.run(None, {"ids": ids_torch})[0]
+            recon_onnx = decoder.run(None, {IDS: ids_torch})[0]
             max_diff = max(max_diff, float(np.abs(recon_onnx - recon_torch).max()))
             sizes.append(list(x.shape))
     agreement = same / total
@@ -155,15 +153,15 @@ def check_fp16(fp32: tuple[Path, Path], fp16: tuple[Path, Path], downsample: int
     ``token_agreement``: share of FP16 encoder ids equal to FP32's; ``decoder_psnr_db``: the FP16 decoder's output
     against the FP32 decoder's on the same (FP32) ids, images in [-1, 1] (peak-to-peak 2).
     """
-    enc32, dec32 = session(fp32[0]), session(fp32[1])
-    enc16, dec16 = (session(rounding_emulation(p)) for p in fp16)
+    enc32, dec32 = cpu_session(fp32[0]), cpu_session(fp32[1])
+    enc16, dec16 = (cpu_session(rounding_emulation(p).SerializeToString()) for p in fp16)
     same = total = 0
     squared = values = 0.0
     for x in _parity_batches(downsample):
-        ids = enc32.run(None, {"images": x})[0]
-        same += int((enc16.run(None, {"images": x})[0] == ids).sum())
+        ids = enc32.run(None, {IMAGES: x})[0]
+        same += int((enc16.run(None, {IMAGES: x})[0] == ids).sum())
         total += ids.size
-        diff = dec16.run(None, {"ids": ids})[0].astype(np.float64) - dec32.run(None, {"ids": ids})[0]
+        diff = dec16.run(None, {IDS: ids})[0].astype(np.float64) - dec32.run(None, {IDS: ids})[0]
         squared += float((diff**2).sum())
         values += diff.size
     agreement = same / total
@@ -176,7 +174,7 @@ def check_fp16(fp32: tuple[Path, Path], fp16: tuple[Path, Path], downsample: int
     return {
         "tokens": total,
         "token_agreement": agreement,
-        "decoder_psnr_db": 100.0 if mse == 0 else float(10 * np.log10(4.0 / mse)),
+        "decoder_psnr_db": psnr_from_mse(mse, peak=2.0),
         "runtime": "onnxruntime CPUExecutionProvider, FP16 rounding emulated after every node",
     }
 
@@ -216,40 +214,28 @@ def export_model(ckpt: str | Path, out: str | Path) -> mf.Manifest:
                 raise ProvqError(message) from None
         parity["fp16"] = check_fp16((encoder_path, decoder_path), half, ds)
         source = checkpoint.resolve(ckpt)
-        data = {
-            "format": mf.FORMAT,
-            "version": mf.VERSION,
-            "preset": state.get("preset"),
-            "model_config": cfg.to_dict(),
-            "downsample": ds,
-            "codebook_size": cfg.codebook_size,
-            "code_dim": cfg.code_dim,
-            "codebook_sha256": codebook_sha256(model.quantizer.codebook),
-            "input": {"name": "images", "layout": "NCHW", "channels": "RGB", "dtype": "float32", "range": [-1.0, 1.0]},
-            "output": {"name": "ids", "layout": "N x H/ds x W/ds", "dtype": "int32"},
-            "tensors": {
-                "encoder": {"input": "images", "output": "ids"},
-                "decoder": {"input": "ids", "output": "images"},
-            },
-            "opset": OPSET,
-            "files": {
+        fields = ModelManifest(
+            preset=state.get("preset"),
+            model_config=cfg.to_dict(),
+            downsample=ds,
+            codebook_size=cfg.codebook_size,
+            code_dim=cfg.code_dim,
+            codebook_sha256=codebook_sha256(model.quantizer.codebook),
+            opset=OPSET,
+            files={
                 "fp32": {"encoder": encoder_path.name, "decoder": decoder_path.name},
                 "fp16": {"encoder": half[0].name, "decoder": half[1].name},
             },
-            "sha256": {p.name: mf.sha256_file(p) for p in (encoder_path, decoder_path, *half)},
-            "exported_with": _versions(),
-            "source": {
-                "checkpoint": source.name,
-                "checkpoint_sha256": mf.sha256_file(source),
-                "step": state.get("step"),
-            },
-            "parity": parity,
-            "gmac_per_megapixel": {
+            sha256={p.name: sha256_file(p) for p in (encoder_path, decoder_path, *half)},
+            exported_with=package_versions(EXPORTED_WITH),
+            source={"checkpoint": source.name, "checkpoint_sha256": sha256_file(source), "step": state.get("step")},
+            parity=parity,
+            gmac_per_megapixel={
                 part: round(count_macs(path, *MACS_SIZE, downsample=ds).gmac_per_megapixel, 4)
                 for part, path in (("encoder", encoder_path), ("decoder", decoder_path))
             },
-        }
-        mf.write_json_atomic(staging / mf.NAME, data)
+        )
+        write_manifest(staging, fields)
         _move_into_place(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

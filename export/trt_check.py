@@ -21,6 +21,7 @@ import onnx
 from onnx import numpy_helper
 
 from provq.edge_runtime.errors import EdgeError
+from provq.edge_runtime.formats.graph import QUANTIZER_SCOPE
 from provq.edge_runtime.manifest import PARTS, load_manifest
 
 OLDEST_TENSORRT = "10.3"
@@ -47,7 +48,6 @@ RESIZE_NEAREST = {"floor", "ceil", "round_prefer_floor", "round_prefer_ceil"}
 CAST_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.INT32, onnx.TensorProto.INT64,
               onnx.TensorProto.BOOL, onnx.TensorProto.INT8, onnx.TensorProto.UINT8}  # fmt: skip
 QDQ = {"QuantizeLinear", "DequantizeLinear"}
-QUANTIZER_SCOPE = "/quantizer/"
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
-from provq.edge_runtime import bench, bench_video
+from provq.edge_runtime import bench, bench_args, bench_codecs, bench_video
 from provq.edge_runtime.bench_cli import NO_MATPLOTLIB, main
 from provq.edge_runtime.quality import psnr, ssim
 from provq.edge_runtime.stable import DEFAULT_MARGIN
@@ -154,7 +154,7 @@ def test_codec_quality_search_hits_a_reachable_target() -> None:
     ]
     frames = [bench.cover_crop(f, 160, 128) for f in frames]
     target = np.mean([cv2.imencode(".jpg", f, [cv2.IMWRITE_JPEG_QUALITY, 40])[1].size for f in frames])
-    entry = bench.codec_baseline(frames, "jpeg", ".jpg", cv2.IMWRITE_JPEG_QUALITY, float(target))
+    entry = bench_codecs.codec_baseline(frames, "jpeg", ".jpg", cv2.IMWRITE_JPEG_QUALITY, float(target))
     assert abs(entry["quality"] - 40) <= 3 and 0.9 < entry["bytes_ratio"] < 1.1 and not entry["quality_limited"]
 
 
@@ -169,10 +169,11 @@ def test_floors_ceilings_and_scoped_rows() -> None:
     ok = {"backend": "onnxruntime", "precision": "int8", "status": "ok", "fps": 20.0, "latency_ms_p50": 50.0}
     off = {"backend": "tensorrt", "precision": "int8", "status": "unavailable: tensorrt not installed"}
     report = {"rows": [ok, off]}
-    assert bench.check_floors(report, [bench.parse_floor("fps=10"), bench.parse_floor("latency_ms_p50=60")]) == []
-    assert "above the ceiling 40" in bench.check_floors(report, [bench.parse_floor("latency_ms_p50=40")])[0]
-    assert "below the floor 30" in bench.check_floors(report, [bench.parse_floor("onnxruntime/int8:fps=30")])[0]
-    assert "did not run" in bench.check_floors(report, [bench.parse_floor("tensorrt/int8:fps=1")])[0]
+    floors, check = bench_args.parse_floor, bench_args.check_floors
+    assert check(report, [floors("fps=10"), floors("latency_ms_p50=60")]) == []
+    assert "above the ceiling 40" in check(report, [floors("latency_ms_p50=40")])[0]
+    assert "below the floor 30" in check(report, [floors("onnxruntime/int8:fps=30")])[0]
+    assert "did not run" in check(report, [floors("tensorrt/int8:fps=1")])[0]
 
 
 @pytest.mark.parametrize(
@@ -210,7 +211,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, argv: list[str], phras
 def test_plot_without_matplotlib_stops_before_any_work(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     code, out, err = _run([*TINY, "--plot", str(tmp_path / "b.png")])
-    assert code == 2 and out == "" and err.strip() == NO_MATPLOTLIB
+    assert code == 2 and out == "" and err.strip() == f"provq-bench: error: {NO_MATPLOTLIB}"
     assert not (tmp_path / "b.png").exists()
 
 

@@ -17,22 +17,19 @@ import numpy as np
 import pytest
 from fake_tensorrt import FakeState, fake_decode, fake_encode, fake_onnx, make_modules
 
-from provq.edge_runtime import engine_meta
+from provq.edge_runtime import engine_device
 from provq.edge_runtime.cuda_shim import CudaError, CudaRuntime
+from provq.edge_runtime.engine_device import DeviceInfo, read_l4t
 from provq.edge_runtime.engine_meta import (
-    DeviceInfo,
-    ShapeProfile,
     check_sidecar,
     engine_file_name,
     make_meta,
     parse_engine_file_name,
-    parse_shape,
-    read_l4t,
     read_sidecar,
-    shape_tag,
     sidecar_path,
     write_sidecar,
 )
+from provq.edge_runtime.engine_shapes import ShapeProfile, parse_shape, shape_tag
 from provq.edge_runtime.errors import EdgeError
 from provq.edge_runtime.manifest import load_manifest, sha256_file, write_json_atomic
 from provq.edge_runtime.trt_runner import TensorRTRunner
@@ -474,13 +471,13 @@ def test_runner_refuses_an_engine_of_another_model(fake: FakeState, model: Path)
 def test_cuda_shim_falls_back_to_old_cuda_python_and_names_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     state = install_fake(monkeypatch, "10.3.0", cuda_layout="old")
     cuda = CudaRuntime.load()
-    assert engine_meta.probe_device(cuda) == ORIN
+    assert engine_device.probe_device(cuda) == ORIN
     state.memory_limit = 100
     with pytest.raises(CudaError, match="cudaMalloc failed: cudaErrorMemoryAllocation"):
         cuda.malloc(1000)
     state.no_device = True
     with pytest.raises(EdgeError, match=r"no usable CUDA device .*cudaErrorNoDevice"):
-        engine_meta.probe_device(cuda)
+        engine_device.probe_device(cuda)
 
 
 def test_missing_cuda_python_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:

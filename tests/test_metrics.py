@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -170,3 +171,27 @@ def test_code_usage_all_reduce_sums_across_ranks(tmp_path: Path) -> None:
     mp.spawn(_all_reduce_worker, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2, join=True)
     for rank in range(2):
         assert torch.load(tmp_path / f"rank{rank}.pt", weights_only=True).tolist() == [1, 2, 0, 0]
+
+
+@pytest.mark.parametrize("jpeg_quality", [15, 60])
+def test_torch_metrics_equal_their_numpy_twins_on_real_photos(jpeg_quality: int) -> None:
+    """train.metrics (torch, training and the study) against edge_runtime.quality (numpy, the runtime and the
+    benchmark): the same PSNR and SSIM of JPEG-compressed sample photos, fed through each side's own preprocessing."""
+    from provq.edge_runtime import quality
+    from provq.edge_runtime.manifest import default_model_dir
+    from provq.train.data import read_image, to_tensor
+
+    for name in ("astronaut.jpg", "chelsea.jpg", "rocket.jpg"):
+        rgb = read_image(default_model_dir().parent / "sample" / "images" / name)
+        ok, jpeg = cv2.imencode(".jpg", rgb, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
+        assert ok
+        degraded = cv2.imdecode(jpeg, cv2.IMREAD_UNCHANGED)
+        x, y = to_tensor(degraded[None]), to_tensor(rgb[None])
+        expected = quality.psnr(degraded, rgb)
+        assert 20.0 < expected < 45.0
+        assert float(psnr(x, y)[0]) == pytest.approx(expected, abs=1e-3)
+        assert quality.psnr(x.numpy(), y.numpy(), peak=2.0) == pytest.approx(expected, abs=1e-3)
+        expected_ssim = quality.ssim(degraded, rgb)
+        assert 0.5 < expected_ssim < 0.999
+        assert float(ssim(x, y)[0]) == pytest.approx(expected_ssim, abs=1e-4)
+    assert quality.psnr(rgb, rgb) == PSNR_CAP_DB == float(psnr(y, y)[0])

@@ -19,16 +19,18 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-from provq.edge_runtime import bitpack, engine_meta, tokenstream
+from provq.edge_runtime import bitpack, engine_meta
 from provq.edge_runtime import manifest as manifest_module
 from provq.edge_runtime.backends import open_backend
 from provq.edge_runtime.errors import EdgeError
+from provq.edge_runtime.formats import manifest as manifest_schema
 from provq.edge_runtime.manifest import Manifest, default_model_dir, load_manifest, sha256_file
 from provq.edge_runtime.outputs import open_output
 from provq.edge_runtime.pipeline import Pipeline, PipelineConfig
@@ -37,6 +39,8 @@ from provq.edge_runtime.run_cli import main as run_main
 from provq.edge_runtime.source_uri import sample_clip
 from provq.edge_runtime.sources import open_source
 from provq.edge_runtime.tokenstream import Frame, TokenStreamReader
+from provq.edge_runtime.tokenstream import layout as ptok_layout
+from provq.edge_runtime.tokenstream import reader as ptok_reader
 
 DS = 8  # the shipped model's downsample factor
 PHOTO = sample_clip().parent / "images" / "chelsea.jpg"
@@ -241,10 +245,10 @@ def test_manifest_file_names_cannot_leave_the_model_directory(tmp_path: Path, na
 
 def test_manifest_path_checks_names_even_past_the_loader(tmp_path: Path) -> None:
     folder = _manifest_copy(tmp_path)
-    data = json.loads((folder / "manifest.json").read_text())
-    data["files"]["fp32"]["decoder"] = "../decoder.onnx"
+    fields = load_manifest(folder).fields
+    files = {**fields.files, "fp32": {**fields.files["fp32"], "decoder": "../decoder.onnx"}}
     with pytest.raises(EdgeError) as err:
-        Manifest(folder, data).path("fp32", "decoder")  # a Manifest built by hand, not by load_manifest
+        Manifest(folder, replace(fields, files=files)).path("fp32", "decoder")  # built by hand, not by load_manifest
     _one_line(err, "is not a plain name")
 
 
@@ -384,7 +388,8 @@ FORBIDDEN_MODULES = {"pickle", "_pickle", "cPickle", "marshal", "shelve", "dill"
 SAFE_ATTRIBUTES = {("json", "loads"), ("json", "load"), ("re", "compile")}  # plain JSON, regular expressions
 # manifest.py finds the shipped model folder with importlib.resources.files; engine_meta.py reads provq's version
 ALLOWED_IMPORTLIB = {"importlib.resources", "importlib.metadata"}
-PARSERS = [tokenstream, bitpack, manifest_module, engine_meta]  # .ptok reader, its bit unpacking, manifest, sidecar
+# the .ptok header and chunk parsers, their bit unpacking, the manifest (schema and directory), engine sidecars
+PARSERS = [ptok_layout, ptok_reader, bitpack, manifest_schema, manifest_module, engine_meta]
 
 
 def _imports(node: ast.AST) -> list[str]:

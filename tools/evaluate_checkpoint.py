@@ -14,6 +14,7 @@ import sys
 
 import torch
 
+from provq.edge_runtime.console import command_frame
 from provq.train.checkpoint import load_tokenizer
 from provq.train.errors import ProvqError
 from provq.train.evaluation import evaluate
@@ -26,15 +27,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", required=True, help="folder of images/videos, or one file")
     parser.add_argument("--size", type=int, default=256, help="centre-crop size (default: %(default)s)")
     args = parser.parse_args(argv)
-    try:
-        model = load_tokenizer(args.checkpoint)
-        frames = source_frames(args.data, max_video_frames=300)
-        if not frames:
-            raise ProvqError(f"no decodable frames in {args.data}")
-        result = evaluate(model, frames, size=args.size, device=torch.device("cpu"))
-    except ProvqError as err:
-        print(f"evaluate_checkpoint: error: {err}", file=sys.stderr)
-        return 2
+    return command_frame("evaluate_checkpoint", lambda: _evaluate(args))
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    model = load_tokenizer(args.checkpoint)
+    frames = source_frames(args.data, max_video_frames=300)
+    if not frames:
+        raise ProvqError(f"no decodable frames in {args.data}")
+    result = evaluate(model, frames, size=args.size, device=torch.device("cpu"))
     print(json.dumps({"frames": len(frames), **result}, indent=2))
     return 0
 

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from provq.edge_runtime.backends import open_backend
+from provq.edge_runtime.console import command_frame
 from provq.edge_runtime.errors import EdgeError
 from provq.edge_runtime.pipeline import Pipeline, PipelineConfig, Progress
 from provq.edge_runtime.preprocess import parse_size
@@ -219,15 +220,14 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.frames < 1 or args.every <= 0 or args.threads < 1:
         p.error("--frames and --threads must be at least 1 and --every above 0")
+    return command_frame(PROG, lambda: _soak(args))
+
+
+def _soak(args: argparse.Namespace) -> int:
     if not Path("/proc/self/status").is_file():
-        print(f"{PROG}: error: needs Linux /proc/self to read memory and descriptors", file=sys.stderr)
-        return 2
+        raise EdgeError("needs Linux /proc/self to read memory and descriptors")
     start = time.monotonic()
-    try:
-        summary = soak(args)
-    except EdgeError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 2
+    summary = soak(args)
     summary["wall_s"] = round(time.monotonic() - start, 1)
     text = json.dumps(summary, indent=2)
     if args.json is not None:

@@ -8,7 +8,6 @@ A checkpoint is a dict of plain types and tensors:
 
 from __future__ import annotations
 
-import os
 import pickle
 import zipfile
 from importlib import resources
@@ -16,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from provq.edge_runtime.formats.files import atomic_path
 
 from .errors import ProvqError
 from .model import Tokenizer
@@ -39,20 +40,8 @@ def resolve(path: str | Path) -> Path:
 def save_atomic(state: dict[str, Any], path: Path) -> None:
     """Write ``state`` to ``path`` so that a crash leaves either the old file or the new one, never half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(state, f)
 
 
 def load(path: str | Path) -> dict[str, Any]:

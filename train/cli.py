@@ -16,6 +16,8 @@ import logging
 import sys
 from dataclasses import fields
 
+from provq.edge_runtime.console import command_frame, command_parser
+
 from .errors import ProvqError
 from .presets import PRESETS
 from .schedule import CURVES, KINDS
@@ -27,11 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     from .trainer import TrainConfig
 
     d = TrainConfig()
-    p = argparse.ArgumentParser(
-        prog=PROG,
-        description="Train an image/video-frame tokenizer with progressive vector quantization (ProVQ).",
-        epilog=__doc__.split("\n", 2)[2],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = command_parser(
+        PROG, "Train an image/video-frame tokenizer with progressive vector quantization (ProVQ).", __doc__
     )
     p.add_argument(
         "--data",
@@ -191,22 +190,19 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code (0 ok, 2 user error, 130/143 stopped by a signal)."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = build_parser().parse_args(argv)
-    from .trainer import Stopped, TrainConfig, train
+    return command_frame(PROG, lambda: _train(args))
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .trainer import TrainConfig, train
 
     known = {f.name for f in fields(TrainConfig)}
     values = {k: v for k, v in vars(args).items() if k in known}
     values["progress"] = not args.no_progress
-    try:
-        for name in ("steps", "batch_size", "eval_every", "checkpoint_every"):
-            if values[name] <= 0:
-                raise ProvqError(f"--{name.replace('_', '-')} must be a positive integer, got {values[name]}")
-        metrics = train(TrainConfig(**values))
-    except ProvqError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 2
-    except Stopped as stop:
-        print(f"{PROG}: {stop}", file=sys.stderr)
-        return 128 + stop.signum
+    for name in ("steps", "batch_size", "eval_every", "checkpoint_every"):
+        if values[name] <= 0:
+            raise ProvqError(f"--{name.replace('_', '-')} must be a positive integer, got {values[name]}")
+    metrics = train(TrainConfig(**values))
     print(
         f"{PROG}: done in {metrics['seconds']:.0f} s: step {metrics['steps']}, val PSNR {metrics['psnr_db']:.2f} dB, "
         f"SSIM {metrics['ssim']:.3f}, codebook usage {metrics['codebook_usage']:.1%}, "

@@ -1,6 +1,8 @@
 """Frame decoding and preprocessing: images, video frames and tar-shard members -> RGB uint8, crops, tensors.
 
 Frames are RGB uint8 H x W x 3 numpy arrays; batches are B x 3 x crop x crop float32 in [-1, 1] (``to_tensor``).
+Pixel levels become model inputs through the runtime's own functions (``provq.edge_runtime.formats.pixels`` and
+``preprocess.to_bgr_uint8``), so training sees exactly the numbers the deployed model is fed.
 Which files are read, and in what order, is decided by ``file_index`` (what exists) and ``streaming`` (who reads
 what when).
 
@@ -19,10 +21,10 @@ import cv2
 import numpy as np
 import torch
 
-from .errors import ProvqError
+from provq.edge_runtime.formats.pixels import rgb_to_model
+from provq.edge_runtime.preprocess import to_bgr_uint8
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v")
+from .errors import ProvqError
 
 
 def sample_dir() -> Path:
@@ -31,16 +33,9 @@ def sample_dir() -> Path:
 
 
 def to_rgb_uint8(frame: np.ndarray) -> np.ndarray:
-    """Any OpenCV-decoded frame (gray, BGR, BGRA; 8 or 16 bit) -> H x W x 3 RGB uint8."""
-    if frame.dtype == np.uint16:
-        frame = ((frame.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)  # nearest level, as the runtime
-    elif frame.dtype != np.uint8:
-        raise ValueError(f"unsupported pixel type {frame.dtype}")
-    if frame.ndim == 2:
-        return cv2.cvtColor(frame, cv2.COLOR_GRAY2RGB)
-    if frame.shape[2] == 4:
-        return cv2.cvtColor(frame, cv2.COLOR_BGRA2RGB)
-    return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+    """Any OpenCV-decoded frame (gray, BGR, BGRA; 8 or 16 bit) -> H x W x 3 RGB uint8, converted as the runtime
+    converts camera frames (16-bit to the nearest 8-bit level)."""
+    return np.ascontiguousarray(to_bgr_uint8(frame)[..., ::-1])
 
 
 def _checked(frame: np.ndarray | None) -> np.ndarray | None:
@@ -129,8 +124,10 @@ def random_crop(frame: np.ndarray, crop: int, rng: np.random.Generator) -> tuple
 
 
 def to_tensor(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """B x H x W x 3 uint8 RGB (numpy or torch, any device) -> B x 3 x H x W float32 in [-1, 1]."""
-    return torch.as_tensor(frames).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+    """B x H x W x 3 uint8 RGB (numpy, or a CPU tensor) -> B x 3 x H x W float32 in [-1, 1], through the runtime's
+    ``rgb_to_model`` (the same float32 values the deployed model is fed)."""
+    array = frames.numpy() if isinstance(frames, torch.Tensor) else np.asarray(frames)
+    return torch.from_numpy(rgb_to_model(array))
 
 
 def center_crop(frame: np.ndarray, size: int, multiple: int) -> np.ndarray:

@@ -1,11 +1,7 @@
-"""The one exception type for user errors in training and its command line."""
+"""Training's user error: the one base ``ProvqError``, defined in the runtime's ``formats.errors``."""
 
 from __future__ import annotations
 
+from provq.edge_runtime.formats.errors import ProvqError
 
-class ProvqError(Exception):
-    """A problem with the user's input (data, checkpoint, arguments).
-
-    The message is a single line that names the problem and how to fix it; the command line prints it without a
-    traceback and exits non-zero.
-    """
+__all__ = ["ProvqError"]

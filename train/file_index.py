@@ -34,9 +34,10 @@ from typing import Any
 import numpy as np
 from braceexpand import braceexpand
 
+from provq.edge_runtime.formats.files import atomic_path
+from provq.edge_runtime.formats.media import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+
 from .data import (
-    IMAGE_EXTENSIONS,
-    VIDEO_EXTENSIONS,
     decode_image,
     read_image,
     read_video_frame,
@@ -223,21 +224,20 @@ def _load_cached(file: Path, source: str) -> MediaIndex | None:
 def _save(file: Path, index: MediaIndex, stamps: _Stamps) -> None:
     stamp_buf, stamp_off = _pack(stamps.paths)
     file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = file.with_name(f".{file.stem}.{os.getpid()}.tmp.npz")
-    np.savez(
-        tmp,
-        version=np.int64(FORMAT_VERSION),
-        root=np.frombuffer(index.root.encode("utf-8", "surrogateescape"), dtype=np.uint8),
-        paths=index.paths,
-        offsets=index.offsets,
-        kinds=index.kinds,
-        counts=index.counts,
-        stamp_paths=stamp_buf,
-        stamp_offsets=stamp_off,
-        stamps=np.asarray(stamps.values, dtype=np.int64).reshape(-1, 2),
-        stamps_are_folders=np.bool_(stamps.folders),
-    )
-    os.replace(tmp, file)
+    with atomic_path(file, ".npz") as tmp:
+        np.savez(
+            tmp,
+            version=np.int64(FORMAT_VERSION),
+            root=np.frombuffer(index.root.encode("utf-8", "surrogateescape"), dtype=np.uint8),
+            paths=index.paths,
+            offsets=index.offsets,
+            kinds=index.kinds,
+            counts=index.counts,
+            stamp_paths=stamp_buf,
+            stamp_offsets=stamp_off,
+            stamps=np.asarray(stamps.values, dtype=np.int64).reshape(-1, 2),
+            stamps_are_folders=np.bool_(stamps.folders),
+        )
 
 
 def index_source(source: str, *, cache_dir: Path | None = None, reindex: bool = False) -> MediaIndex:

@@ -2,6 +2,9 @@
 
 Images are passed in the model's convention, B x 3 x H x W float in [-1, 1]; every metric maps them to
 the [0, 1] scale (data range 1) before measuring, so the numbers are comparable with the literature.
+
+``psnr`` and ``ssim`` are the torch twins of ``provq.edge_runtime.quality`` (numpy; the runtime and the benchmark):
+the same definitions, window and cap, tested equal on real photos (tests/test_metrics.py).
 """
 
 from __future__ import annotations
@@ -12,13 +15,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-PSNR_CAP_DB = 100.0
-"""PSNR reported for identical images; also the ceiling for any image (MSE is floored at 1e-10)."""
-
-SSIM_WINDOW_SIZE = 11
-SSIM_SIGMA = 1.5
-SSIM_K1 = 0.01
-SSIM_K2 = 0.03
+from provq.edge_runtime.quality import PSNR_CAP_DB, SSIM_K1, SSIM_K2, SSIM_SIGMA
+from provq.edge_runtime.quality import SSIM_WINDOW as SSIM_WINDOW_SIZE
 
 
 def _to_unit_range(images: torch.Tensor) -> torch.Tensor:

@@ -129,7 +129,8 @@ class Item(NamedTuple):
 
 @dataclass
 class Batch:
-    """A collated batch: ``frames`` B x crop x crop x 3 uint8 and what its decoding met."""
+    """A collated batch: ``frames`` B x 3 x crop x crop float32 in [-1, 1] (the model's input) and what its decoding
+    met."""
 
     frames: torch.Tensor
     items: list[Item]
@@ -140,10 +141,11 @@ class Batch:
 
 
 def collate(items: list[Item]) -> Batch:
-    """Stack the crops (zeros where a slot found nothing: the run stops on that batch); drop them from the items."""
+    """Stack the crops (zeros where a slot found nothing: the run stops on that batch) and convert them to the model's
+    input (``data.to_tensor``, in the worker that decoded them); drop them from the items."""
     shape = next((it.crop.shape for it in items if it.crop is not None), (1, 1, 3))
     frames = np.stack([it.crop if it.crop is not None else np.zeros(shape, np.uint8) for it in items])
-    return Batch(torch.from_numpy(frames), [it._replace(crop=None) for it in items])
+    return Batch(to_tensor(frames), [it._replace(crop=None) for it in items])
 
 
 class CropDataset(torch.utils.data.Dataset):
@@ -372,7 +374,7 @@ class TrainingData:
     def batch(self, step: int, batch_size: int, stream: int = 0) -> torch.Tensor:
         """The batch of ``step``, decoded in this process: B x 3 x crop x crop float32 in [-1, 1]."""
         items = self._sampler(stream, batch_size, step, step + 1).items(step)
-        return to_tensor(self._account(collate([self.dataset[i] for i in items]), stream))
+        return self._account(collate([self.dataset[i] for i in items]), stream)
 
     def batches(
         self,
@@ -401,7 +403,7 @@ class TrainingData:
         try:
             for batch in iterator:
                 frames = self._account(batch, stream)
-                yield to_tensor(frames.to(device, non_blocking=True))
+                yield frames.to(device, non_blocking=True)
         finally:
             del iterator  # stops the workers
 

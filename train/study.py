@@ -29,7 +29,6 @@ usage against steps. Each run's checkpoint and metrics.json are in OUT/METHOD/se
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.util
 import json
 import logging
@@ -38,16 +37,18 @@ import statistics
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from provq.edge_runtime.console import command_frame, command_parser
+from provq.edge_runtime.formats.versions import package_versions
+
 from . import peer_quantizers
 from .errors import ProvqError
 from .presets import PRESETS
-from .trainer import Stopped, TrainConfig, train
+from .trainer import TrainConfig, train
 
 PROG = "provq-study"
 METHODS = ("hard", "kmeans-restart", "vqtorch", "fsq", "provq")
@@ -186,11 +187,9 @@ def summarize(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _versions() -> dict[str, str]:
-    out = {"python": platform.python_version(), "torch": torch.__version__}
-    for dist in ("provq", "vector-quantize-pytorch"):
-        with contextlib.suppress(PackageNotFoundError):
-            out[dist] = version(dist)
-    return out
+    return {"python": platform.python_version(), "torch": torch.__version__} | package_versions(
+        ("provq", "vector-quantize-pytorch")
+    )
 
 
 def run_study(study: StudyConfig, *, plot: str | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -292,11 +291,8 @@ def plot_study(result: dict[str, Any], path: str | Path) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     d = StudyConfig()
-    p = argparse.ArgumentParser(
-        prog=PROG,
-        description="Train the same tokenizer under several quantizers and compare them on the same validation data.",
-        epilog=__doc__.split("\n", 2)[2],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = command_parser(
+        PROG, "Train the same tokenizer under several quantizers and compare them on the same validation data.", __doc__
     )
     p.add_argument("--data", default=d.data, help="folder of images/videos, one video, or 'sample' (default: sample)")
     p.add_argument("--val", default=None, help="validation folder/file (default: hold out part of --data)")
@@ -343,43 +339,40 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code (0 ok, 2 user error, 130/143 stopped by a signal)."""
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     args = build_parser().parse_args(argv)
-    try:
-        study = StudyConfig(
-            data=args.data,
-            val=args.val,
-            out=args.out,
-            methods=parse_methods(args.methods),
-            preset=args.preset,
-            code_dim=args.code_dim,
-            steps=args.steps,
-            seeds=args.seeds,
-            batch_size=args.batch_size,
-            crop=args.crop,
-            lr=args.lr,
-            warmup_steps=args.warmup_steps,
-            transition_steps=args.transition_steps,
-            lam=args.lam,
-            restart_every=args.restart_every,
-            provq_restart_every=args.provq_restart_every,
-            kmeans_points=args.kmeans_points,
-            eval_every=args.eval_every,
-            val_size=args.val_size,
-            val_frames=args.val_frames,
-            device=args.device,
-            progress=not args.no_progress,
-        )
-        result = run_study(study, plot=args.plot, log=lambda line: print(line, file=sys.stderr, flush=True))
-        json_path = Path(args.json or Path(args.out) / "study.json")
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(result, indent=2) + "\n")
-        if args.plot:
-            plot_study(result, args.plot)
-    except ProvqError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 2
-    except Stopped as stop:
-        print(f"{PROG}: {stop}", file=sys.stderr)
-        return 128 + stop.signum
+    return command_frame(PROG, lambda: _study(args))
+
+
+def _study(args: argparse.Namespace) -> int:
+    study = StudyConfig(
+        data=args.data,
+        val=args.val,
+        out=args.out,
+        methods=parse_methods(args.methods),
+        preset=args.preset,
+        code_dim=args.code_dim,
+        steps=args.steps,
+        seeds=args.seeds,
+        batch_size=args.batch_size,
+        crop=args.crop,
+        lr=args.lr,
+        warmup_steps=args.warmup_steps,
+        transition_steps=args.transition_steps,
+        lam=args.lam,
+        restart_every=args.restart_every,
+        provq_restart_every=args.provq_restart_every,
+        kmeans_points=args.kmeans_points,
+        eval_every=args.eval_every,
+        val_size=args.val_size,
+        val_frames=args.val_frames,
+        device=args.device,
+        progress=not args.no_progress,
+    )
+    result = run_study(study, plot=args.plot, log=lambda line: print(line, file=sys.stderr, flush=True))
+    json_path = Path(args.json or Path(args.out) / "study.json")
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(result, indent=2) + "\n")
+    if args.plot:
+        plot_study(result, args.plot)
     print(format_table(result))
     print(f"{PROG}: wrote {json_path}" + (f" and {args.plot}" if args.plot else ""))
     return 0

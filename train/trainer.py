@@ -9,10 +9,8 @@ Each rank draws its own batches (``--batch-size`` per process); rank 0 alone eva
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
-import os
 import signal
 import sys
 import time
@@ -23,6 +21,9 @@ from typing import Any
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
+
+from provq.edge_runtime import console
+from provq.edge_runtime.formats.files import write_json_atomic
 
 from . import checkpoint, distributed, peer_quantizers
 from .data import check_crop
@@ -41,7 +42,6 @@ from .model import Tokenizer
 from .presets import ModelConfig, preset
 from .quantizer import margin_loss
 from .schedule import Schedule
-from .stop_signals import catch_stop_signals
 from .streaming import TrainingData
 
 log = logging.getLogger(__name__)
@@ -112,12 +112,12 @@ class TrainConfig:
         )
 
 
-class Stopped(Exception):
+class Stopped(console.Stopped):
     """Training was ended by SIGINT or SIGTERM after writing a checkpoint."""
 
     def __init__(self, signum: int, step: int, path: Path) -> None:
-        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; resume with --resume {path}")
-        self.signum = signum
+        message = f"stopped by {signal.Signals(signum).name} at step {step}; resume with --resume {path}"
+        super().__init__(message, signum)
 
 
 class Diverged(ProvqError):
@@ -130,12 +130,6 @@ def learning_rate(cfg: TrainConfig, step: int) -> float:
         return cfg.lr * (step + 1) / cfg.lr_warmup_steps
     frac = min(1.0, (step - cfg.lr_warmup_steps) / max(1, cfg.steps - cfg.lr_warmup_steps))
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * frac)))
-
-
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 class Trainer:
@@ -393,11 +387,12 @@ class Trainer:
         stop = min(cfg.steps, cfg.stop_at or cfg.steps)
         batches = self.data.batches(self.step, cfg.batch_size, stop=stop, device=self.ctx.device)
         first_step = self.step
-        with catch_stop_signals() as received, contextlib.closing(batches):
+        with console.stop_on_signals(second_interrupt=False) as received, contextlib.closing(batches):
             while self.step < stop:
                 if distributed.any_rank(bool(received), self.ctx.device):
                     self.save()
-                    raise Stopped(received[0] if received else signal.SIGTERM, self.step, self.ckpt_path)
+                    signum = signal.Signals[received[0]] if received else signal.SIGTERM
+                    raise Stopped(signum, self.step, self.ckpt_path)
                 if self.step == self.schedule.kmeans_step and not bool(self.model.quantizer.initialized):
                     self.init_codebook()
                 x = next(batches)
@@ -453,7 +448,7 @@ class Trainer:
             "history": self.history,
         }
         if self.ctx.is_main:
-            _write_json(self.out / "metrics.json", metrics)
+            write_json_atomic(self.out / "metrics.json", metrics)
         distributed.barrier()
         return metrics
 
