@@ -454,7 +454,7 @@ def f(data, name, path):
 
 
 def test_soak_tool_runs_and_checks_a_short_run(tmp_path: Path) -> None:
-    """tools/soak.py itself (the long run is the lead's: docs/RELIABILITY.md, section Soak)."""
+    """tools/soak.py itself (its long run and figures: docs/RELIABILITY.md, section Soak)."""
     tool = Path(__file__).resolve().parents[1] / "tools" / "soak.py"
     command = [sys.executable, str(tool), "--frames", "60", "--every", "0.3", "--threads", "1", "--json", "s.json"]
     done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False)
