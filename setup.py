@@ -7,13 +7,23 @@
 
 from __future__ import annotations
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 STAGES = {
     "provq.train": "train",
     "provq.calibration": "calibration",
     "provq.export": "export",
     "provq.edge_runtime": "edge_runtime",
+}
+# Each stage with its subpackages (edge_runtime.formats, .sources, .tokenstream, ...), so that a non-editable install
+# carries them too.
+PACKAGES = {
+    **STAGES,
+    **{
+        f"{name}.{sub}": f"{folder}/{sub.replace('.', '/')}"
+        for name, folder in STAGES.items()
+        for sub in find_packages(folder)
+    },
 }
 
 # The runtime needs numpy, OpenCV and ONNX Runtime; calibration and the TensorRT check also need onnx. On aarch64
@@ -60,8 +70,8 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=list(STAGES),
-    package_dir=STAGES,
+    packages=list(PACKAGES),
+    package_dir=PACKAGES,
     package_data={
         "provq.train": ["assets/*.pt", "assets/*.md"],
         "provq.edge_runtime": ["assets/sample/*", "assets/sample/images/*", "assets/model/*"],
