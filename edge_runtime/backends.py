@@ -40,6 +40,7 @@ class Backend(Protocol):
     name: str  # e.g. "onnxruntime-cpu", "onnxruntime-cuda", "tensorrt"
     precision: str
     manifest: Manifest
+    max_batch: int | None  # the most frames one encode/decode call takes (a TensorRT profile's); None: no limit
 
     def encode(self, images: np.ndarray) -> np.ndarray: ...
 
@@ -110,6 +111,7 @@ class OnnxRuntimeBackend:
             )
         self.manifest = manifest
         self.precision = precision
+        self.max_batch = None  # the exported graphs' batch dimension is dynamic
         available = ort.get_available_providers()
         self.providers = providers or [p for p in GPU_PROVIDERS if p in available] + ["CPUExecutionProvider"]
         options = ort.SessionOptions()
@@ -194,6 +196,8 @@ class TensorRTBackend:
         except BaseException:
             self.close()
             raise
+        # the batch dimension's maximum in both engines' profiles: cameras.py splits larger batches
+        self.max_batch = min(runner.profile.max[0] for runner in self._runners.values())
 
     def encode(self, images: np.ndarray) -> np.ndarray:
         return self._runners["encoder"].run(images)

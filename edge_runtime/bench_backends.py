@@ -27,6 +27,7 @@ class _TorchBackend:
     def __init__(self, model: Any, torch: Any, checkpoint: Path) -> None:
         self.name = "pytorch"
         self.precision = "fp32"
+        self.max_batch = None
         self._torch = torch
         self._device = "cuda" if torch.cuda.is_available() else "cpu"
         self._model = model.to(self._device)

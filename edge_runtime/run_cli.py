@@ -31,7 +31,10 @@ from .errors import EdgeError
 from .stable import DEFAULT_MARGIN
 
 if TYPE_CHECKING:
+    from .backends import Backend
+    from .manifest import Manifest
     from .outputs import Output
+    from .stream_state import PipelineConfig
 
 PROG = "provq-run"
 
@@ -65,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "input",
         metavar="INPUT",
+        nargs="?",
+        default=None,
         help="sample://, a video, a folder or glob of images, /dev/video0, rtsp://..., csi://0, gst://...",
     )
     p.add_argument(
@@ -73,6 +78,30 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="?",
         default=None,
         help="reconstructions: file.mp4|.avi|.mkv, folder/%%06d.png, a folder, display://0",
+    )
+    p.add_argument(
+        "--input",
+        dest="inputs",
+        action="append",
+        default=None,
+        metavar="URI",
+        help="one of several cameras or files batched through one model (repeat it; instead of INPUT); --tokens "
+        "and --output are then templates with {i} (the input's index) or {name}",
+    )
+    p.add_argument(
+        "--output",
+        dest="outputs",
+        default=None,
+        metavar="TEMPLATE",
+        help="with --input: each input's reconstructions, e.g. 'cams/{i}.mp4'",
+    )
+    p.add_argument(
+        "--max-batch",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="with --input: at most N frames per encoder/decoder call (default: the TensorRT engine's profile "
+        "maximum, no limit on ONNX Runtime)",
     )
     p.add_argument(
         "--model", default="default", help="model directory from provq-export, or 'default' (default: %(default)s)"
@@ -88,7 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the encoder at another precision than --precision, e.g. fp32 (ONNX Runtime) or fp16 (TensorRT) "
         "with --precision int8: FP32's token ids with an INT8 decoder (default: --precision)",
     )
-    p.add_argument("--tokens", type=Path, default=None, metavar="FILE.ptok", help="write the token stream here")
+    p.add_argument(
+        "--tokens",
+        type=Path,
+        default=None,
+        metavar="FILE.ptok",
+        help="write the token stream here ('cams/{i}.ptok' with --input)",
+    )
     p.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the run's figures here")
     p.add_argument("--headless", action="store_true", help="no window: ignore a display:// OUTPUT")
     p.add_argument(
@@ -101,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-height", type=positive_int, default=None, metavar="H", help="resize frames to this height")
     p.add_argument("--input-rate", type=float, default=None, metavar="R", help="camera rate; re-times files")
     p.add_argument("--input-loop", type=int, default=0, metavar="N", help="replay files N more times, -1 forever")
+    p.add_argument("--realtime", action="store_true", help="play files at their frame rate (--input-rate re-times)")
     p.add_argument("--threads", type=positive_int, default=None, metavar="K", help="ONNX Runtime threads")
     p.add_argument(
         "--codec",
@@ -135,10 +171,25 @@ def main(argv: list[str] | None = None) -> int:
     return run_command(PROG, build_parser(), _run, argv, "interrupted; the token chunks written so far are intact")
 
 
-def _check_paths(args: argparse.Namespace) -> None:
+def check_common(args: argparse.Namespace) -> None:
+    """What both forms check before anything opens: --json's folder, the codec's package."""
     from . import tokenstream
     from .outputs import check_writable_file
 
+    if args.json is not None:
+        check_writable_file(args.json, "--json")
+    if args.codec == "zstd" and tokenstream.zstandard is None:
+        raise EdgeError("--codec zstd needs the zstandard package: pip install zstandard (or use --codec zlib)")
+
+
+def _check_paths(args: argparse.Namespace) -> None:
+    from .outputs import check_writable_file
+
+    if args.input is None:
+        raise EdgeError("no input: pass INPUT (e.g. sample:// or rtsp://...), or --input URI once per camera")
+    for flag, value in (("--output", args.outputs), ("--max-batch", args.max_batch)):
+        if value is not None:
+            raise EdgeError(f"{flag} is for several cameras given with --input; with one INPUT, give OUTPUT after it")
     if args.tokens is not None:
         check_writable_file(args.tokens, "--tokens")
         if args.tokens.exists():
@@ -146,17 +197,53 @@ def _check_paths(args: argparse.Namespace) -> None:
                 f"--tokens {args.tokens} already exists: token streams are never overwritten; remove it "
                 "or pick another name"
             )
-    if args.json is not None:
-        check_writable_file(args.json, "--json")
-    if args.codec == "zstd" and tokenstream.zstandard is None:
-        raise EdgeError("--codec zstd needs the zstandard package: pip install zstandard (or use --codec zlib)")
+    check_common(args)
+
+
+def open_run_backend(args: argparse.Namespace, manifest: Manifest) -> Backend:
+    """The backend the options ask for (both forms), with the note on an INT8 encoder's token agreement."""
+    from .backends import open_backend
+
+    backend = open_backend(
+        manifest.directory,
+        args.backend,
+        args.precision,
+        encoder_precision=args.encoder_precision,
+        threads=args.threads,
+        latents=args.stable_tokens is not None,
+    )
+    if backend.parts["encoder"] == "int8" and "token_agreement" in manifest.data.get("int8", {}):
+        print(
+            f"{PROG}: note: an INT8 encoder keeps {manifest.data['int8']['token_agreement']:.0%} of FP32's token "
+            "ids (calibration.json); --encoder-precision fp16 (TensorRT, GPU) or fp32 (CPU) keeps them",
+            file=sys.stderr,
+        )
+    return backend
+
+
+def pipeline_config(args: argparse.Namespace, tokens: Path | None) -> PipelineConfig:
+    """What the pipeline does with each frame of one stream, from the options."""
+    from .stream_state import PipelineConfig
+
+    return PipelineConfig(
+        fit=args.fit,
+        max_frames=args.max_frames,
+        tokens=tokens,
+        codec=args.codec,
+        delta=not args.no_delta,
+        keyframe_interval=args.keyframe_interval,
+        stable_margin=args.stable_tokens,
+    )
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .backends import open_backend
+    if args.inputs is not None:
+        from .run_cameras import run_cameras
+
+        return run_cameras(args)
     from .manifest import load_manifest, write_json_atomic
     from .outputs import open_output
-    from .pipeline import Pipeline, PipelineConfig, Progress
+    from .pipeline import Pipeline, Progress
     from .source_uri import display
     from .sources import open_source
 
@@ -165,39 +252,22 @@ def _run(args: argparse.Namespace) -> int:
     with ExitStack() as stack:
         source = stack.enter_context(
             open_source(
-                args.input, width=args.input_width, height=args.input_height, rate=args.input_rate, loop=args.input_loop
+                args.input,
+                width=args.input_width,
+                height=args.input_height,
+                rate=args.input_rate,
+                loop=args.input_loop,
+                realtime=args.realtime,
             )
         )
         output = None
         if args.output is not None and not (args.headless and args.output.lower().startswith("display://")):
             output = open_output(args.output, fps=source.fps)
             stack.callback(output.close, ok=False)  # abandons a partial video if we never get to run
-        backend = open_backend(
-            manifest.directory,
-            args.backend,
-            args.precision,
-            encoder_precision=args.encoder_precision,
-            threads=args.threads,
-            latents=args.stable_tokens is not None,
-        )
+        backend = open_run_backend(args, manifest)
         stack.callback(backend.close)
         print(f"{PROG}: {source.describe()} | {backend.describe()}", file=sys.stderr)
-        if backend.parts["encoder"] == "int8" and "token_agreement" in manifest.data.get("int8", {}):
-            print(
-                f"{PROG}: note: an INT8 encoder keeps {manifest.data['int8']['token_agreement']:.0%} of FP32's token "
-                "ids (calibration.json); --encoder-precision fp16 (TensorRT, GPU) or fp32 (CPU) keeps them",
-                file=sys.stderr,
-            )
-        config = PipelineConfig(
-            fit=args.fit,
-            max_frames=args.max_frames,
-            tokens=args.tokens,
-            codec=args.codec,
-            delta=not args.no_delta,
-            keyframe_interval=args.keyframe_interval,
-            stable_margin=args.stable_tokens,
-        )
-        pipeline = Pipeline(source, backend, config, output)
+        pipeline = Pipeline(source, backend, pipeline_config(args, args.tokens), output)
         status = StatusLine()
         recent: deque[tuple[float, int]] = deque(maxlen=5)  # (elapsed, frames) over the last ~2 s
 

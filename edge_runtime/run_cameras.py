@@ -1,0 +1,192 @@
+"""``provq-run --input URI --input URI ...``: several cameras (or files) through one model (cameras.py).
+
+    provq-run --input rtsp://cam0/live --input rtsp://cam1/live --tokens 'cams/{i}.ptok' --json cams.json
+    provq-run --input a.mp4 --input b.mp4 --tokens 'out/{name}.ptok' --output 'out/{name}.mkv'
+
+``--tokens`` and ``--output`` are templates: ``{i}`` is the input's 0-based index in the command line, ``{name}``
+the input's file or path name without its extension (``cam0`` for rtsp://host/cam0, ``a`` for a.mp4). With several
+inputs a template must contain one of them, and no two inputs may map to one file. The other options (model,
+backend, sizes, codec, ...) apply to every input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections import deque
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from .console import StatusLine, stop_on_signals
+from .errors import EdgeError
+from .source_uri import display
+
+PLACEHOLDERS = ("{i}", "{name}")
+
+
+def input_name(uri: str, index: int) -> str:
+    """What ``{name}`` stands for: the last path segment of the URI without its extension, in file-name characters
+    (``input{index}`` when the URI has none, as for csi://0)."""
+    path = urlsplit(uri).path if "://" in uri else uri
+    stem = Path(path.rstrip("/")).stem if path.strip("/") else ""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._")
+    return stem or f"input{index}"
+
+
+def expand(template: str, option: str, uris: list[str]) -> list[str]:
+    """One path per input from ``template``; EdgeError when several inputs would share one."""
+    if len(uris) > 1 and not any(p in template for p in PLACEHOLDERS):
+        raise EdgeError(
+            f"{option} {template} names one file for {len(uris)} inputs: put {{i}} (the input's index) or {{name}} in "
+            f"it, e.g. {option} 'cams/{{i}}{Path(template).suffix}'"
+        )
+    paths = [template.replace("{i}", str(i)).replace("{name}", input_name(u, i)) for i, u in enumerate(uris)]
+    seen: dict[str, int] = {}
+    for index, path in enumerate(paths):
+        key = str(Path(path).resolve()) if "://" not in path else path
+        if key in seen:
+            raise EdgeError(
+                f"inputs {seen[key]} and {index} both map to {option} {path}: each input needs its own file; use {{i}} "
+                "in the template"
+            )
+        seen[key] = index
+    return paths
+
+
+def _check(args: argparse.Namespace) -> tuple[list[Path | None], list[str | None]]:
+    """Every input's token file and output, checked before anything opens (one-line EdgeError)."""
+    from .outputs import check_writable_file
+    from .run_cli import check_common
+
+    if args.input is not None:
+        raise EdgeError(
+            f"--input cannot be mixed with a positional INPUT ({display(args.input)}): pass every camera as --input "
+            "URI (reconstructions go to --output TEMPLATE)"
+        )
+    uris = args.inputs
+    tokens: list[Path | None] = [None] * len(uris)
+    if args.tokens is not None:
+        tokens = [Path(p) for p in expand(str(args.tokens), "--tokens", uris)]
+        for path in tokens:
+            check_writable_file(path, "--tokens")
+            if path.exists():
+                raise EdgeError(
+                    f"--tokens {path} already exists: token streams are never overwritten; remove it or pick another "
+                    "name"
+                )
+    outputs: list[str | None] = [None] * len(uris)
+    if args.outputs is not None and not (args.headless and args.outputs.lower().startswith("display://")):
+        outputs = list(expand(args.outputs, "--output", uris))
+        clash = {str(Path(p).resolve()) for p in outputs} & {str(p.resolve()) for p in tokens if p is not None}
+        if clash:
+            raise EdgeError(f"--output and --tokens both name {clash.pop()}: give them different names")
+    check_common(args)
+    return tokens, outputs
+
+
+def run_cameras(args: argparse.Namespace) -> int:
+    """provq-run with --input: every input opened, one CameraPipeline, the status line, --json, the summary."""
+    from .cameras import CameraPipeline, CamerasProgress
+    from .manifest import load_manifest, write_json_atomic
+    from .outputs import open_output
+    from .run_cli import PROG, open_run_backend, pipeline_config
+    from .sources import open_source
+
+    tokens, output_paths = _check(args)
+    manifest = load_manifest(args.model)
+    with ExitStack() as stack:
+        sources = []
+        for uri in args.inputs:
+            sources.append(stack.enter_context(open_source(uri, width=args.input_width, height=args.input_height,
+                                                           rate=args.input_rate, loop=args.input_loop,
+                                                           realtime=args.realtime)))  # fmt: skip
+        outputs = []
+        for path, source in zip(output_paths, sources, strict=True):
+            output = open_output(path, fps=source.fps) if path is not None else None
+            if output is not None:
+                stack.callback(output.close, ok=False)  # abandons a partial video if we never get to run
+            outputs.append(output)
+        backend = open_run_backend(args, manifest)
+        stack.callback(backend.close)
+        for index, source in enumerate(sources):
+            print(f"{PROG}: input {index}: {source.describe()}", file=sys.stderr)
+        configs = [pipeline_config(args, path) for path in tokens]
+        cameras = CameraPipeline(sources, backend, configs, outputs, max_batch=args.max_batch)
+        limit = "no limit" if cameras.max_batch is None else f"at most {cameras.max_batch}"
+        print(f"{PROG}: {len(sources)} inputs | {backend.describe()} | batch {limit}", file=sys.stderr)
+        status = StatusLine()
+        recent: deque[tuple[float, list[int]]] = deque(maxlen=5)  # (elapsed, frames per stream) over ~2 s
+
+        def on_progress(p: CamerasProgress) -> None:
+            frames = [s.frames for s in p.streams]
+            recent.append((p.elapsed_s, frames))
+            t0, n0 = recent[0]
+            dt = p.elapsed_s - t0
+            rates = [f"{(n - m) / dt:.1f}" if dt > 0 else "-" for n, m in zip(frames, n0, strict=True)]
+            total = f"{(sum(frames) - sum(n0)) / dt:.1f}" if dt > 0 else "-"
+            per_call = f"{p.batched / p.calls:.1f}" if p.calls else "-"
+            dropped = "/".join(str(s.dropped) for s in p.streams)
+            gaps = sum(s.gaps for s in p.streams)
+            status.update(
+                f"{backend.name} {backend.precision} | FPS {' '.join(rates)} = {total} | {per_call} frames/call | "
+                f"dropped {dropped} | gaps {gaps} | frames {sum(frames)}"
+            )
+
+        with stop_on_signals(cameras.stop) as received:
+            try:
+                report = cameras.run(on_progress)
+            finally:
+                status.done()
+        summary = report.to_json()
+        for index, stream in enumerate(summary["streams"]):
+            out = outputs[index]
+            stream.update(
+                input=display(args.inputs[index], limit=1000),
+                tokens=str(tokens[index]) if tokens[index] else None,
+                output=output_paths[index] if out is not None else None,
+            )
+        summary.update(
+            backend=backend.name,
+            precision=backend.precision,
+            encoder_precision=backend.parts["encoder"],
+            model=str(manifest.directory),
+            preset=manifest.data.get("preset"),
+            codec=args.codec,
+            signal=received[0] if received else None,
+        )
+    if args.json is not None:
+        write_json_atomic(args.json, summary)
+    _print_summary(summary, args)
+    failed = [(i, e) for i, e in enumerate(report.errors) if e]
+    if failed:
+        index, error = failed[0]
+        more = f" ({len(failed) - 1} more inputs ended with errors)" if len(failed) > 1 else ""
+        raise EdgeError(f"input {index} ({display(args.inputs[index])}) ended early: {error}{more}")
+    return 130 if "SIGINT" in received else 0
+
+
+def _print_summary(s: dict[str, Any], args: argparse.Namespace) -> None:
+    """The end-of-run table (stdout): one line per input, then the totals."""
+    from .run_cli import PROG
+
+    t = s["totals"]
+    stop = f" - stopped by {s['signal']}" if s["signal"] else ""
+    lines = [
+        f"{PROG}: {len(s['streams'])} inputs, {t['frames']} frames in {t['elapsed_s']:.2f} s = {t['fps']:.2f} FPS in "
+        f"total (dropped {t['dropped']}, gaps {t['gaps']}; {t['encoder_calls']} encoder calls, "
+        f"{t['frames_per_call']:.2f} frames/call){stop}",
+        f"  {'input':<7}{'frames':>7}{'FPS':>8}{'dropped':>8}{'gaps':>5}{'size':>11}{'B/frame':>9}  tokens",
+    ]
+    for index, st in enumerate(s["streams"]):
+        size = f"{st['size'][0]}x{st['size'][1]}" if st["size"] else "-"
+        lines.append(
+            f"  {index:<7}{st['frames']:>7}{st['fps']:>8.2f}{st['dropped']:>8}{len(st['gaps']):>5}{size:>11}"
+            f"{st['bytes_per_frame']:>9.1f}  {st['tokens'] or '-'}"
+        )
+    written = [p for st in s["streams"] for p in (st["output"], st["tokens"]) if p] + ([args.json] if args.json else [])
+    if written:
+        lines.append(f"wrote: {len(written)} files" + (f" (--json {args.json})" if args.json else ""))
+    print("\n".join(lines))
