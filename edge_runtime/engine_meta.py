@@ -238,6 +238,8 @@ def rebuild_command(
     if images is not None:
         args += ["--min-shape", format_shape(images.min), "--opt-shape", format_shape(images.opt)]
         args += ["--max-shape", format_shape(images.max)]
+        if images.max[0] == 1 and dla_core is None:
+            args += ["--max-batch", "1"]  # shapes of batch 1 alone would get the default batch range
     if dla_core is not None:
         args += ["--dla", str(dla_core)]
     if rebuild:

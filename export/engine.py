@@ -1,11 +1,16 @@
 """Build TensorRT engines from a model directory's ONNX files, on the device that will run them. No torch.
 
-    build_engine("model", "encoder", "int8", min_shape=(1, 3, 256, 256), max_shape=(4, 3, 256, 256))
+    build_engine("model", "encoder", "int8", opt_shape=(1, 3, 256, 256), max_batch=4)
     -> model/engines/3f9a01c2.encoder.int8.b1-4x256x256.orin-sm87.trt10.3.0.engine (+ .engine.json sidecar)
 
 Shapes are image shapes N x 3 x H x W for both parts (H, W multiples of the model's downsample factor); the
 decoder's profile is derived from them (N x H/ds x W/ds token ids). Unset shapes default to the set ones, so one
-shape gives a static profile; none gives a static 1x3x256x256.
+shape gives a static H x W; none gives 256 x 256.
+
+The batch dimension N (frames per call: provq-run --input batches one frame per camera, cameras.py) is 1 ..
+``max_batch`` in the profile, tuned for ``max_batch`` (opt = max), with ``max_batch`` defaulting to
+DEFAULT_MAX_BATCH. Shapes that already carry a batch (an N other than 1) keep theirs unless ``max_batch`` is given,
+and DLA engines, which need static shapes, take N = ``max_batch`` (default: the shapes' N) in min, opt and max.
 
 Precision, per TensorRT version (``network_flags`` / ``onnx_source``):
 
@@ -59,6 +64,7 @@ from provq.edge_runtime.manifest import PARTS, PRECISIONS, Manifest, load_manife
 log = logging.getLogger(__name__)
 
 DEFAULT_SHAPE = (1, 3, 256, 256)
+DEFAULT_MAX_BATCH = 4  # frames per call an engine takes unless told: four cameras on one model
 DEFAULT_WORKSPACE_MB = 1024
 ASSUMED_TRT = "10.3.0"  # for the trtexec line printed when tensorrt is missing: JetPack 6's TensorRT
 
@@ -108,11 +114,13 @@ def make_request(
     min_shape: Shape | None = None,
     opt_shape: Shape | None = None,
     max_shape: Shape | None = None,
+    max_batch: int | None = None,
     workspace_mb: int = DEFAULT_WORKSPACE_MB,
     dla_core: int | None = None,
     out_dir: Path | str | None = None,
 ) -> EngineRequest:
-    """Load the manifest and check the arguments (one-line EdgeError on anything wrong)."""
+    """Load the manifest and check the arguments (one-line EdgeError on anything wrong); ``max_batch`` as in the
+    module docstring."""
     manifest = load_manifest(model_dir)
     if part not in PARTS:
         raise EdgeError(f"--part must be one of {', '.join(PARTS)}, got {part!r}")
@@ -120,8 +128,12 @@ def make_request(
         raise EdgeError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if int(workspace_mb) < 1:
         raise EdgeError(f"--workspace must be a positive number of MiB, got {workspace_mb}")
+    if max_batch is not None and int(max_batch) < 1:
+        raise EdgeError(f"--max-batch must be at least 1 frame, got {max_batch}")
     opt = opt_shape or max_shape or min_shape or DEFAULT_SHAPE
-    images = image_profile(manifest, tuple(min_shape or opt), tuple(opt), tuple(max_shape or opt))
+    shapes = [tuple(min_shape or opt), tuple(opt), tuple(max_shape or opt)]
+    shapes = _with_batch(shapes, max_batch, dla_core is not None)
+    images = image_profile(manifest, *shapes)
     if dla_core is not None:
         if int(dla_core) < 0:
             raise EdgeError(f"--dla must be a DLA core number (0 or 1), got {dla_core}")
@@ -135,6 +147,15 @@ def make_request(
     out = Path(out_dir) if out_dir is not None else manifest.directory / "engines"
     dla = None if dla_core is None else int(dla_core)
     return EngineRequest(manifest, part, precision, images, int(workspace_mb), dla, out)
+
+
+def _with_batch(shapes: list[Shape], max_batch: int | None, dla: bool) -> list[Shape]:
+    """min, opt, max shapes with the batch dimension the module docstring describes."""
+    if max_batch is None and (dla or any(s[0] != 1 for s in shapes)):
+        return shapes
+    batch = int(max_batch or DEFAULT_MAX_BATCH)
+    low = batch if dla else 1
+    return [(n, *s[1:]) for n, s in zip((low, batch, batch), shapes, strict=True)]
 
 
 def plan_build(request: EngineRequest, trt_version: str, device: DeviceInfo | None) -> BuildPlan:
@@ -285,6 +306,7 @@ def build_engine(
     min_shape: Shape | None = None,
     opt_shape: Shape | None = None,
     max_shape: Shape | None = None,
+    max_batch: int | None = None,
     workspace_mb: int = DEFAULT_WORKSPACE_MB,
     dla_core: int | None = None,
     out_dir: Path | str | None = None,
@@ -297,7 +319,7 @@ def build_engine(
     """
     request = make_request(
         model_dir, part, precision, min_shape=min_shape, opt_shape=opt_shape, max_shape=max_shape,
-        workspace_mb=workspace_mb, dla_core=dla_core, out_dir=out_dir,
+        max_batch=max_batch, workspace_mb=workspace_mb, dla_core=dla_core, out_dir=out_dir,
     )  # fmt: skip
     preview = trtexec_command(plan_build(request, ASSUMED_TRT, None))
     trt = import_tensorrt(f"; the equivalent trtexec command is: {preview}")

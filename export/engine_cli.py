@@ -1,8 +1,9 @@
 """``provq-export engine``: build TensorRT engines for a model directory on this device. No torch.
 
 Examples:
-    provq-export engine model --precision int8                                  # encoder + decoder, 1x3x256x256
-    provq-export engine model --part encoder --precision int8 --min-shape 1x3x256x256 --max-shape 4x3x256x256
+    provq-export engine model --precision int8                                  # encoder + decoder, 1-4x3x256x256
+    provq-export engine model --precision int8 --opt-shape 1x3x288x384 --max-batch 8   # 1-8 cameras at 384x288
+    provq-export engine model --part encoder --precision int8 --min-shape 1x3x256x256 --max-shape 4x3x512x512
     provq-export engine model --precision fp16 --opt-shape 1x3x720x1280         # static 720p
     provq-export engine model --part encoder --precision int8 --dla 0           # DLA core 0 (static shapes)
     provq-export engine model --precision int8 --rebuild                        # after re-calibrating
@@ -25,7 +26,15 @@ from provq.edge_runtime.engine_shapes import parse_shape
 from provq.edge_runtime.errors import EdgeError
 from provq.edge_runtime.manifest import PARTS, PRECISIONS
 
-from .engine import ASSUMED_TRT, DEFAULT_WORKSPACE_MB, build_engine, make_request, plan_build, trtexec_command
+from .engine import (
+    ASSUMED_TRT,
+    DEFAULT_MAX_BATCH,
+    DEFAULT_WORKSPACE_MB,
+    build_engine,
+    make_request,
+    plan_build,
+    trtexec_command,
+)
 from .engine import log as engine_log
 
 PROG = "provq-export engine"
@@ -48,6 +57,14 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         help="shape to tune for (default: --max-shape, else --min-shape, else 1x3x256x256)",
     )
     p.add_argument("--max-shape", default=None, metavar="NxCxHxW", help="largest input (default: --opt-shape)")
+    p.add_argument(
+        "--max-batch",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"frames per call: batch 1..N in the profile, tuned for N (default: {DEFAULT_MAX_BATCH}, or the N of the "
+        "shapes when one is not 1; with --dla the shapes' N, static)",
+    )
     p.add_argument(
         "--workspace",
         type=int,
@@ -82,7 +99,9 @@ def _run(args: argparse.Namespace, prog: str) -> int:
         key: None if getattr(args, key) is None else parse_shape(getattr(args, key))
         for key in ("min_shape", "opt_shape", "max_shape")
     }
-    options = dict(**shapes, workspace_mb=args.workspace, dla_core=args.dla, out_dir=args.out_dir)
+    options = dict(
+        **shapes, max_batch=args.max_batch, workspace_mb=args.workspace, dla_core=args.dla, out_dir=args.out_dir
+    )
     requests = [make_request(args.model_dir, part, args.precision, **options) for part in parts]
     try:
         import_tensorrt()
