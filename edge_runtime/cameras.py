@@ -223,25 +223,23 @@ class CameraPipeline(Stages):
             self._fail(err)
         finally:
             source.close()
-        self._push(index, _END)
+        if all(self._push(index, gap) for gap in self.streams[index].new_gaps()):  # an outage it then gave up on
+            self._push(index, _END)
 
     def _capture_frames(self, index: int) -> None:
-        source, state, max_frames = self.sources[index], self.streams[index], self.streams[index].config.max_frames
-        frames = iter(source)
-        gaps_seen = 0
+        state = self.streams[index]
+        frames = iter(self.sources[index])
         taken = 0
         while not (self.stop_event.is_set() or self._abort.is_set()):
-            if max_frames is not None and taken >= max_frames:
+            if state.config.max_frames is not None and taken >= state.config.max_frames:
                 return
             t0 = time.perf_counter()
             frame = next(frames, None)
             t1 = time.perf_counter()
             if frame is None:
                 return
-            for gap in source.gaps[gaps_seen:]:
-                if not self._push(index, Gap(*gap)):
-                    return
-            gaps_seen = len(source.gaps)
+            if not all(self._push(index, gap) for gap in state.new_gaps()):
+                return
             if not self._push(index, state.prepare(frame, taken, t0, t1)):
                 return
             taken += 1

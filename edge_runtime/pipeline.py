@@ -184,12 +184,11 @@ class Pipeline(Stages):
             self._record(err)
         finally:
             self.source.close()  # no more frames are needed; a file is released by the thread that reads it
-        self._put(self._to_infer, _END)
+        if all(self._put(self._to_infer, gap) for gap in self._state.new_gaps()):  # an outage it then gave up on
+            self._put(self._to_infer, _END)
 
     def _capture_frames(self) -> None:
-        source = self.source
-        frames = iter(source)
-        gaps_seen = 0
+        frames = iter(self.source)
         taken = 0
         while not (self.stop_event.is_set() or self._abort.is_set()):
             if self.config.max_frames is not None and taken >= self.config.max_frames:
@@ -199,10 +198,8 @@ class Pipeline(Stages):
             t1 = time.perf_counter()
             if frame is None:
                 return
-            for gap in source.gaps[gaps_seen:]:
-                if not self._put(self._to_infer, Gap(*gap)):
-                    return
-            gaps_seen = len(source.gaps)
+            if not all(self._put(self._to_infer, gap) for gap in self._state.new_gaps()):
+                return
             if not self._put(self._to_infer, self._state.prepare(frame, taken, t0, t1)):
                 return
             taken += 1

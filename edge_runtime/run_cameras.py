@@ -15,14 +15,18 @@ import argparse
 import re
 import sys
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from .console import StatusLine, stop_on_signals
 from .errors import EdgeError
 from .source_uri import display
+
+if TYPE_CHECKING:
+    from .sources import FrameSource
 
 PLACEHOLDERS = ("{i}", "{name}")
 
@@ -87,22 +91,39 @@ def _check(args: argparse.Namespace) -> tuple[list[Path | None], list[str | None
     return tokens, outputs
 
 
+def _open_sources(args: argparse.Namespace, stack: ExitStack) -> list[FrameSource]:
+    """Every input opened at once (a camera can take seconds to send its first frame), each closed by ``stack``;
+    the first input's error (in command-line order) once all tried."""
+    from .sources import open_source
+
+    def one(uri: str) -> FrameSource:
+        return open_source(uri, width=args.input_width, height=args.input_height, rate=args.input_rate,
+                           loop=args.input_loop, realtime=args.realtime)  # fmt: skip
+
+    with ThreadPoolExecutor(len(args.inputs), thread_name_prefix="provq-open") as pool:
+        futures = [pool.submit(one, uri) for uri in args.inputs]
+    sources, errors = [], []
+    for future in futures:
+        if future.exception() is None:
+            sources.append(stack.enter_context(future.result()))
+        else:
+            errors.append(future.exception())
+    if errors:
+        raise errors[0]
+    return sources
+
+
 def run_cameras(args: argparse.Namespace) -> int:
     """provq-run with --input: every input opened, one CameraPipeline, the status line, --json, the summary."""
     from .cameras import CameraPipeline, CamerasProgress
     from .manifest import load_manifest, write_json_atomic
     from .outputs import open_output
     from .run_cli import PROG, open_run_backend, pipeline_config
-    from .sources import open_source
 
     tokens, output_paths = _check(args)
     manifest = load_manifest(args.model)
     with ExitStack() as stack:
-        sources = []
-        for uri in args.inputs:
-            sources.append(stack.enter_context(open_source(uri, width=args.input_width, height=args.input_height,
-                                                           rate=args.input_rate, loop=args.input_loop,
-                                                           realtime=args.realtime)))  # fmt: skip
+        sources = _open_sources(args, stack)
         outputs = []
         for path, source in zip(output_paths, sources, strict=True):
             output = open_output(path, fps=source.fps) if path is not None else None

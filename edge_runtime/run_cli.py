@@ -7,6 +7,7 @@ Examples:
     provq-run rtsp://user:pass@cam:554/stream --tokens cam.ptok --precision int8
     provq-run frames/ recon/%06d.png --fit crop --max-frames 100
     provq-run cam.mp4 recon.mkv --tokens cam.ptok --stable-tokens  # hold near-boundary ids (lossy, fewer bytes)
+    provq-run --input rtsp://cam0/live --input rtsp://cam1/live --tokens 'cams/{i}.ptok'   # many cameras, one model
     provq-decode clip.ptok decoded.mp4                          # tokens back to frames
 
 Outputs: file.mp4 (mp4v), file.avi (MJPG), file.mkv (FFV1, lossless), folder/%06d.png or a folder, display://0.
@@ -14,6 +15,9 @@ Without OUTPUT nothing is decoded and the run measures encoding only; without --
 and counted but not kept. Ctrl-C (SIGINT) or SIGTERM ends the run cleanly: frames already captured are finished,
 the token stream is flushed and closed, the output and --json are written; the exit status is 0 after SIGTERM and
 130 after SIGINT (a second Ctrl-C aborts at once, keeping the token chunks already written).
+
+``--input URI`` (repeated, instead of INPUT) runs several cameras or files through one model, batched, with one
+token stream each (--tokens and --output as templates with {i} or {name}): run_cameras.py and cameras.py.
 """
 
 from __future__ import annotations

@@ -150,6 +150,7 @@ class StreamState:
         self.t_last: float | None = None  # perf_counter of the last frame written
         self._in_chunk = 0  # frames since the last keyframe the writer makes (chunk start, keyframe interval)
         self._index = 0  # frames through stabilize
+        self._gaps_sent = 0  # source.gaps handed to the scheduler so far
 
     @property
     def stable(self) -> bool:
@@ -167,6 +168,12 @@ class StreamState:
             self.t_first = t1
         ms = {"capture": (t1 - t0) * 1e3, "preprocess": (t2 - t1) * 1e3}
         return Work(frame.timestamp_ms, t1, images, geometry, reference, ms)
+
+    def new_gaps(self) -> list[Gap]:
+        """The source's outages not handed on yet (also those it recorded before giving up), oldest first."""
+        gaps = [Gap(*gap) for gap in self.source.gaps[self._gaps_sent :]]
+        self._gaps_sent += len(gaps)
+        return gaps
 
     def _check_size(self, geometry: Geometry, index: int) -> None:
         first = self.first_geometry

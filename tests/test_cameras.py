@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -153,3 +155,19 @@ def test_input_names() -> None:
     assert input_name("rtsp://user:pw@10.0.0.5:554/cam0?tcp", 0) == "cam0"
     assert input_name("/data/yard cam.mp4", 1) == "yard_cam" and input_name("csi://0", 2) == "input2"
     assert input_name("sample://", 3) == "input3" and input_name(str(PHOTOS), 4) == "images"
+
+
+def test_bench_tool_compares_both_modes(tmp_path: Path) -> None:
+    tool = Path(__file__).resolve().parent.parent / "tools" / "bench_cameras.py"
+    args = ["--source", "files", "--cameras", "2", "--size", "64x48", "--seconds", "1", "--repeats", "1"]
+    command = [sys.executable, str(tool), *args, "--phases", "saturation", "--json", str(tmp_path / "b.json")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    s = json.loads((tmp_path / "b.json").read_text())["saturation"]
+    assert s["camera_rate"] == "unpaced" and s["ratio"] > 0
+    for mode in ("batched", "separate"):
+        (run,) = s[mode]["runs"]
+        assert len(run["camera_fps"]) == 2 and min(run["camera_fps"]) > 0 and run["dropped"] == [0, 0]
+        assert run["total_fps"] == pytest.approx(s[mode]["median_total_fps"])
+    assert s["batched"]["runs"][0]["frames_per_call"] > 1.5  # files batch when both have a frame
+    assert "ratio batched / separate" in done.stdout
