@@ -7,7 +7,9 @@ import json
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -22,6 +24,9 @@ from provq.edge_runtime.run_cli import main as run_main
 from provq.edge_runtime.source_uri import sample_clip
 from provq.edge_runtime.stream_state import PipelineConfig
 from provq.edge_runtime.tokenstream import TokenStreamReader
+
+if TYPE_CHECKING:
+    from rtsp_server import RtspServer
 
 PHOTOS = sample_clip().parent / "images"
 SIZE = ["--input-width", "160", "--input-height", "96"]  # 12 x 20 tokens: fast
@@ -74,6 +79,17 @@ def test_batched_ids_and_reconstructions_equal_single_stream_runs(tmp_path: Path
     assert s["streams"][0]["grid"] == [12, 20] and s["streams"][0]["psnr_db"] > 20
 
 
+def test_stable_tokens_are_kept_per_camera(tmp_path: Path) -> None:
+    inputs = ["sample://", str(PHOTOS)]
+    args = [arg for uri in inputs for arg in ("--input", uri)]
+    common = [*SIZE, "--stable-tokens", "--max-frames", "5", "--keyframe-interval", "3"]
+    assert run_main([*args, *common, "--tokens", str(tmp_path / "b{i}.ptok")]) == 0
+    for i, uri in enumerate(inputs):
+        assert run_main([uri, *common, "--tokens", str(tmp_path / f"s{i}.ptok")]) == 0
+        ours, theirs = ids_of(tmp_path / f"b{i}.ptok"), ids_of(tmp_path / f"s{i}.ptok")
+        assert len(ours) == 5 and all(np.array_equal(a, b) for a, b in zip(ours, theirs, strict=True))
+
+
 def test_sizes_are_grouped_and_batches_split_and_a_short_file_ends_alone(tmp_path: Path) -> None:
     small = [frames_folder(tmp_path / f"small{i}", (96, 64), 4 if i == 0 else 6, offset=10 * i) for i in range(3)]
     large = frames_folder(tmp_path / "large", (160, 96), 6)
@@ -107,6 +123,18 @@ def test_live_cameras_share_the_model_fairly_and_drop_their_own_oldest(backend: 
     assert min(frames) >= 0.8 * max(frames), frames  # one slot per ready camera per round
     assert all(stream.dropped > 0 for stream in report.streams)  # each camera outran the model and dropped its own
     assert report.calls < sum(frames)  # frames were batched
+
+
+def test_four_rtsp_cameras_through_one_model(rtsp_servers: Callable[..., RtspServer], tmp_path: Path) -> None:
+    server = rtsp_servers(tuple(f"cam{i}" for i in range(4)), width=192, height=144, rate=10)
+    args = [arg for i in range(4) for arg in ("--input", server.url(f"cam{i}"))]
+    out = ["--tokens", str(tmp_path / "{name}.ptok"), "--json", str(tmp_path / "s.json"), "--max-frames", "12"]
+    assert run_main([*args, *out]) == 0
+    s = json.loads((tmp_path / "s.json").read_text())
+    assert [st["frames"] for st in s["streams"]] == [12] * 4 and s["totals"]["frames"] == 48
+    assert all(st["size"] == [192, 144] and st["gaps"] == [] and st["error"] is None for st in s["streams"])
+    assert all(st["fps"] > 0 for st in s["streams"]) and s["totals"]["encoder_calls"] <= 48
+    assert [len(ids_of(tmp_path / f"cam{i}.ptok")) for i in range(4)] == [12] * 4
 
 
 def test_sigterm_flushes_every_stream(tmp_path: Path) -> None:

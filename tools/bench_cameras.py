@@ -16,6 +16,10 @@ stopped by SIGTERM after ``--seconds`` and read from its --json:
                 FPS, each over its own first-to-last frame; ``start_skew_s`` says how much longer the earliest
                 stream ran than the latest) and their ratio.
 
+Each run also reports the CPU time its provq-run processes used (user + system, model loading included) and the
+frames per CPU second: on a machine shared with other work the scheduler's share of the cores, not only the
+runtime, decides the throughput, and the frames per CPU second show the cost of a frame in each mode.
+
 ONNX Runtime threads: the batched run gets ``--threads-batched`` (2: one per core of a 2-core box), each separate
 process ``--threads-separate`` (1: the fewest; four processes of one thread already put four inference threads on
 two cores, more would only oversubscribe them further). Figures are medians over the repeats; ``ratio`` is the
@@ -32,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import shlex
 import signal
 import statistics
@@ -147,7 +152,10 @@ def run_once(args: argparse.Namespace, mode: str, uris: list[str], options: list
     else:
         commands = [[*RUN, uri, "--tokens", f"run{k}.ptok", "--json", f"run{k}.json",
                      "--threads", str(args.threads_separate), *common] for k, uri in enumerate(uris)]  # fmt: skip
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     _launch(commands, folder, args.seconds)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if mode == "batched":
         s = _read(folder, "run0")
         streams = s["streams"]
@@ -158,8 +166,11 @@ def run_once(args: argparse.Namespace, mode: str, uris: list[str], options: list
         total = round(sum(st["fps"] for st in streams), 3)
         extra = {}
     elapsed = [st["elapsed_s"] for st in streams]
+    frames = sum(st["frames"] for st in streams)
     return {
         "total_fps": total,
+        "cpu_s": round(cpu_s, 2),  # CPU time of the provq-run processes, start-up included
+        "frames_per_cpu_s": round(frames / cpu_s, 3) if cpu_s > 0 else 0.0,
         "start_skew_s": round(max(elapsed) - min(elapsed), 2),  # how much longer the earliest stream ran
         "camera_fps": [st["fps"] for st in streams],
         "dropped": [st["dropped"] for st in streams],
@@ -194,11 +205,14 @@ def phase(args: argparse.Namespace, name: str, rate: float, source: str, work: P
     for mode, done in runs.items():
         result[mode] = {
             "median_total_fps": _median(done, "total_fps"),
+            "median_frames_per_cpu_s": _median(done, "frames_per_cpu_s"),
             "median_camera_fps": _median(done, "camera_fps"),
             "median_dropped": _median(done, "dropped"),
             "runs": done,
         }
-    result["ratio"] = round(result["batched"]["median_total_fps"] / result["separate"]["median_total_fps"], 3)
+    batched, separate = result["batched"], result["separate"]
+    result["ratio"] = round(batched["median_total_fps"] / separate["median_total_fps"], 3)
+    result["cpu_ratio"] = round(batched["median_frames_per_cpu_s"] / separate["median_frames_per_cpu_s"], 3)
     return result
 
 
@@ -219,9 +233,10 @@ def _print(name: str, result: dict[str, Any]) -> None:
     for mode in ("batched", "separate"):
         r = result[mode]
         cams = " ".join(f"{v:.2f}" for v in r["median_camera_fps"])
-        drops = " ".join(str(v) for v in r["median_dropped"])
-        print(f"  {mode:<9} total {r['median_total_fps']:7.2f} FPS | per camera {cams} | dropped {drops}")
-    print(f"  ratio batched / separate: {result['ratio']:.2f}x")
+        drops = " ".join(f"{v:g}" for v in r["median_dropped"])
+        print(f"  {mode:<9} total {r['median_total_fps']:7.2f} FPS | per camera {cams} | dropped {drops} | "
+              f"{r['median_frames_per_cpu_s']:.2f} frames per CPU second")  # fmt: skip
+    print(f"  ratio batched / separate: {result['ratio']:.2f}x throughput, {result['cpu_ratio']:.2f}x frames per CPU s")
 
 
 def _bench(args: argparse.Namespace) -> int:
