@@ -98,7 +98,8 @@ def _open_sources(args: argparse.Namespace, stack: ExitStack) -> list[FrameSourc
 
     def one(uri: str) -> FrameSource:
         return open_source(uri, width=args.input_width, height=args.input_height, rate=args.input_rate,
-                           loop=args.input_loop, realtime=args.realtime)  # fmt: skip
+                           loop=args.input_loop, realtime=args.realtime, live_queue=args.live_queue,
+                           retries=args.retries, stall_timeout_s=args.stall_timeout)  # fmt: skip
 
     with ThreadPoolExecutor(len(args.inputs), thread_name_prefix="provq-open") as pool:
         futures = [pool.submit(one, uri) for uri in args.inputs]
