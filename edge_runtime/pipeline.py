@@ -44,6 +44,7 @@ import cv2
 import numpy as np
 
 from .backends import Backend
+from .ctxcoder import near_count
 from .errors import EdgeError
 from .outputs import DisplayOutput, Output
 from .preprocess import Geometry, from_model_output, prepare, restore, to_bgr_uint8
@@ -176,9 +177,10 @@ class Pipeline:
         self._to_infer: queue.Queue[_Work | _Gap | None] = queue.Queue(size)
         self._to_write: queue.Queue[_Work | _Gap | None] = queue.Queue(size)
         self._times = {stage: _Window() for stage in (*STAGES, "latency")}
-        self._sink = TokenSink(config.tokens, config.frames_per_chunk)
-        self._stable = None if config.stable_margin is None else StableTokens(load_codebook(backend.manifest),
-                                                                               config.stable_margin)  # fmt: skip
+        need_codebook = config.codec == "ctx" or config.stable_margin is not None
+        codebook = load_codebook(backend.manifest) if need_codebook else None  # K x D float32
+        self._sink = TokenSink(config.tokens, config.frames_per_chunk, codebook)
+        self._stable = None if config.stable_margin is None else StableTokens(codebook, config.stable_margin)
         self._frames = 0
         self._first_geometry: Geometry | None = None
         self._grid: tuple[int, int] | None = None
@@ -409,6 +411,7 @@ class Pipeline:
             delta=config.delta,
             keyframe_interval=config.keyframe_interval,
             metadata=metadata,
+            near=near_count(manifest.codebook_size) if config.codec == "ctx" else 0,
         )
 
     def _report(self) -> RunReport:
