@@ -65,12 +65,13 @@ from .bench_backends import SPLITS, Unavailable, open_row_backend
 from .bench_codecs import codec_baselines
 from .bench_env import environment, memory_mb
 from .bench_video import h264_baseline, tokenizer_points
+from .ctxcoder import near_count
 from .errors import EdgeError
 from .manifest import PRECISIONS, Manifest, load_manifest
 from .preprocess import Geometry, cover_crop, fit_frame, from_model_output, to_bgr_uint8, to_model_input
 from .quality import SSIM_WINDOW, psnr, ssim
 from .sources import open_source
-from .stable import DEFAULT_MARGIN
+from .stable import DEFAULT_MARGIN, load_codebook
 from .tokenstream import StreamHeader, TokenStreamWriter, stream_stats
 
 try:
@@ -217,16 +218,19 @@ def stream_bytes(
     header = StreamHeader(
         codebook_sha256=manifest.codebook_sha256, codebook_size=manifest.codebook_size, grid_height=ids.shape[1],
         grid_width=ids.shape[2], fps=clip.fps, delta=delta, codec=codec, **dataclasses.asdict(clip.geometry),
+        near=near_count(manifest.codebook_size) if codec == "ctx" else 0,
     )  # fmt: skip
+    codebook = load_codebook(manifest) if header.near else None
     frame_ms = 1000.0 / clip.fps if clip.fps > 0 else 0.0
     with tempfile.TemporaryDirectory(prefix="provq-bench-") as folder:
         path = Path(folder) / "bench.ptok"
         t0 = time.perf_counter()
-        with TokenStreamWriter(path, header, frames_per_chunk=FRAMES_PER_CHUNK, fsync=False) as writer:
+        writer = TokenStreamWriter(path, header, frames_per_chunk=FRAMES_PER_CHUNK, fsync=False, codebook=codebook)
+        with writer:
             for i, frame_ids in enumerate(ids):
                 writer.write(frame_ids, i * frame_ms)
         t1 = time.perf_counter()
-        stats = stream_stats(path, expect_codebook_sha256=manifest.codebook_sha256)
+        stats = stream_stats(path, expect_codebook_sha256=manifest.codebook_sha256, codebook=codebook)
         if times is not None:
             times["write_ms"] = (t1 - t0) * 1e3 / len(ids)
             times["read_ms"] = (time.perf_counter() - t1) * 1e3 / len(ids)

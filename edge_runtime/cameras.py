@@ -43,7 +43,8 @@ from .outputs import DisplayOutput, Output
 from .pipeline import _END, POLL_S, Stages
 from .source_uri import display
 from .sources import FrameSource
-from .stream_state import Gap, PipelineConfig, RunReport, StreamState, Work
+from .stable import load_codebook
+from .stream_state import Gap, PipelineConfig, RunReport, StreamState, Work, needs_codebook
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +138,9 @@ class CameraPipeline(Stages):
         self.backend = backend
         limits = [m for m in (max_batch, backend.max_batch) if m is not None]
         self.max_batch = min(limits) if limits else None
-        self.streams = [StreamState(s, backend, c, o) for s, c, o in zip(sources, configs, outputs, strict=True)]
+        codebook = load_codebook(backend.manifest) if any(map(needs_codebook, configs)) else None  # loaded once
+        self.streams = [StreamState(s, backend, c, o, codebook)
+                        for s, c, o in zip(sources, configs, outputs, strict=True)]  # fmt: skip
         self._caps = [1 if s.live else max(1, c.queue_size) for s, c in zip(sources, configs, strict=True)]
         self._queues: list[deque[Work | Gap | None]] = [deque() for _ in sources]
         self._ready = threading.Condition()

@@ -12,7 +12,9 @@ both directions, so the encoder and the decoder cannot disagree. Every probabili
   the previous frame and how many of its already decoded neighbours changed in this frame. Then the new ids of the
   changed cells, in cell order: a candidate symbol over the id the cell had before its last change, the id that
   last followed the cell's current id anywhere in the chunk, and the previous frame's ids of its 4 neighbours; or
-  an escape to the frequency table.
+  an escape. Version 3 (a stream coded against its codebook) codes an escaped new id as its rank among the ``n``
+  codes nearest the cell's previous code (``near_codes``), or "farther", and only those go to the frequency table;
+  version 2 sends every escape to the table.
 
 Batches of symbols whose contexts are all known go to the rANS coder together (edge_runtime/rans.py), and the
 adaptive counts are updated after each batch, so nothing loops in Python per symbol.
@@ -20,10 +22,12 @@ adaptive counts are updated after each batch, so nothing loops in Python per sym
     payload = encode_chunk(frames, grid, K)       # frames: [(keyframe: bool, ids h*w int)], in chunk order
     enc = ChunkEncoder(grid, K); enc.add(keyframe, ids); ...; payload = enc.finish()    # the same, frame by frame
     ids = decode_chunk(payload, kinds, grid, K)   # list of h*w int64 arrays; CoderError when damaged
+    near = near_codes(codebook, n)                # version 3: pass near= to all three
 """
 
 from __future__ import annotations
 
+import functools
 import struct
 import zlib
 
@@ -42,6 +46,9 @@ MASK_PRIOR = (12, 1)  # initial (unchanged, changed) counts of every mask contex
 MASK_LIMIT = 1 << 12  # halve a mask context's counts when their sum exceeds this
 CAND_LIMIT = 1 << 10
 ESC_LIMIT = 1 << 20
+NEAR = 64  # version 3: escaped new ids are ranked among this many codes nearest the previous one (K - 1 if fewer)
+NEAR_BITS = 20  # codebook entries are scaled to integers of at most this many bits for the exact distances
+NEAR_BLOCK = 256  # codebook rows ranked at a time (bounds the memory for large K)
 _PHASES = ((0, 0), (0, 1), (1, 0), (1, 1))  # (row parity, column parity) of phases 0-3
 _KEY_NEIGHBOURS = ((0, -1), (0, 1)), ((-1, 0), (1, 0), (-1, -1), (-1, 1)), ((0, -1), (0, 1), (-1, 0), (1, 0))
 # keyframe passes: (row, column) residues mod 4 of the cells, the offsets of their candidates (cells of earlier
@@ -144,6 +151,36 @@ def _halve(counts: np.ndarray, limit: int) -> None:
         counts[big] = (counts[big] + 1) // 2
 
 
+def near_count(codebook_size: int) -> int:
+    """The ``near`` a writer puts in a version 3 header for K = ``codebook_size``: NEAR, or K - 1 when smaller."""
+    return min(NEAR, codebook_size - 1)
+
+
+def near_codes(codebook: np.ndarray, count: int) -> np.ndarray:
+    """K x count int64: for each code the ``count`` other codes nearest to it, nearest first (docs/PTOK.md, "Near
+    codes"): squared Euclidean distances of the codebook scaled exactly to integers, ties to the lower id, so the
+    table is the same on every platform. ``codebook`` is K x D float32 (the model's, as its fingerprint hashes it)."""
+    return _near_codes(np.ascontiguousarray(codebook, dtype="<f4").tobytes(), len(codebook), count)
+
+
+@functools.lru_cache(maxsize=4)
+def _near_codes(data: bytes, k: int, count: int) -> np.ndarray:
+    cb = np.frombuffer(data, dtype="<f4").reshape(k, -1).astype(np.float64)
+    peak = float(np.abs(cb).max())
+    exponent = int(np.frexp(peak)[1]) if peak > 0 else 0  # peak < 2 ** exponent
+    q = np.rint(np.ldexp(cb, NEAR_BITS - exponent)).astype(np.int64)  # |q| <= 2 ** NEAR_BITS, exact
+    norms = (q * q).sum(1)
+    ids = np.arange(k, dtype=np.int64)
+    out = np.empty((k, count), dtype=np.int64)
+    for start in range(0, k, NEAR_BLOCK):
+        rows = slice(start, min(k, start + NEAR_BLOCK))
+        dist = norms[rows, None] + norms[None, :] - 2 * (q[rows] @ q.T)  # exact: < D * 2 ** (2 NEAR_BITS + 2)
+        dist[np.arange(dist.shape[0]), ids[rows]] = -1  # the code itself sorts first, then is dropped
+        order = np.lexsort((np.broadcast_to(ids, dist.shape), dist), axis=1)
+        out[rows] = order[:, 1 : count + 1]
+    return out
+
+
 class _Io:
     """One direction of the coder: ``code_*(values, ...)`` puts known values (encoder) or decodes them (values None)."""
 
@@ -180,7 +217,7 @@ class _Io:
 class _ChunkModel:
     """The adaptive state of one chunk and the frame coding that reads and updates it."""
 
-    def __init__(self, grid: tuple[int, int], codebook_size: int, io: _Io) -> None:
+    def __init__(self, grid: tuple[int, int], codebook_size: int, io: _Io, near: np.ndarray | None) -> None:
         self.h, self.w = grid
         self.k = codebook_size
         bits = bitpack.bits_for(codebook_size)
@@ -206,6 +243,8 @@ class _ChunkModel:
         self.mask = np.tile(np.array(MASK_PRIOR, dtype=np.int64), (MASK_CONTEXTS, 1))
         self.cand = np.ones((CAND_CONTEXTS, CANDIDATES + 1), dtype=np.int64)
         self.esc = np.ones(((codebook_size - 1) >> self.shift) + 1, dtype=np.int64)  # escaped ids' counts
+        self.near = near  # K x n nearest codes (version 3), or None
+        self.rank = None if near is None else np.ones(near.shape[1] + 1, dtype=np.int64)  # ranks' counts, n: farther
 
     def frame(self, keyframe: bool, ids: np.ndarray | None) -> np.ndarray:
         """Code one frame (ids flat int64, or None to decode it); returns the frame's ids."""
@@ -266,7 +305,7 @@ class _ChunkModel:
             cand[:, 2:] = _gather(prev.reshape(self.h, self.w), self.rows[cells], self.cols[cells], _DELTA_NEIGHBOURS)
             cand = _dedup(cand, prev[cells])
             ctx = ((cand[:, 0] >= 0) * 2 + (cand[:, 1] >= 0)) * 5 + (cand[:, 2:] >= 0).sum(1)
-            out[cells] = self._candidates(None if ids is None else ids[cells], cand, ctx)
+            out[cells] = self._candidates(None if ids is None else ids[cells], cand, ctx, prev[cells])
             if (out[cells] == prev[cells]).any():
                 raise CoderError("a changed cell decoded to its previous id")
         self._learn(prev, out, cells, changed)
@@ -290,8 +329,11 @@ class _ChunkModel:
         at = np.minimum(np.searchsorted(self.follow_from, ids), self.follow_from.size - 1)
         return np.where(self.follow_from[at] == ids, self.follow_to[at], -1)
 
-    def _candidates(self, ids: np.ndarray | None, cand: np.ndarray, ctx: np.ndarray) -> np.ndarray:
-        """Candidate symbols for ``ids`` (n), then their escapes; returns the ids."""
+    def _candidates(
+        self, ids: np.ndarray | None, cand: np.ndarray, ctx: np.ndarray, prev: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Candidate symbols for ``ids`` (n), then their escapes (ranked near ``prev``, the cells' previous ids, in
+        version 3 delta frames); returns the ids."""
         valid = np.concatenate([cand >= 0, np.ones((cand.shape[0], 1), dtype=bool)], 1)
         syms = None
         if ids is not None:
@@ -304,7 +346,27 @@ class _ChunkModel:
         _halve(self.cand, CAND_LIMIT)
         esc = syms == ESCAPE
         out = np.where(esc, -1, cand[np.arange(syms.size), np.minimum(syms, CANDIDATES - 1)])
-        out[esc] = self._escapes(None if ids is None else ids[esc], int(esc.sum()))
+        if prev is None or self.near is None:
+            out[esc] = self._escapes(None if ids is None else ids[esc], int(esc.sum()))
+        else:
+            out[esc] = self._near_escapes(None if ids is None else ids[esc], prev[esc])
+        return out
+
+    def _near_escapes(self, ids: np.ndarray | None, prev: np.ndarray) -> np.ndarray:
+        """Escaped new ids as their rank among the codes nearest each cell's previous id (n: farther), from one
+        adaptive table; the farther ones then go to ``_escapes``."""
+        lists = self.near[prev]  # cells x n
+        n = lists.shape[1]
+        syms = None
+        if ids is not None:
+            hit = lists == ids[:, None]
+            syms = np.where(hit.any(1), hit.argmax(1), n)
+        syms = self.io.shared(syms, _shared_cdf(self.rank), prev.size)
+        self.rank += np.bincount(syms, minlength=n + 1)
+        _halve(self.rank, ESC_LIMIT)
+        far = syms == n
+        out = np.where(far, -1, lists[np.arange(prev.size), np.minimum(syms, n - 1)])
+        out[far] = self._escapes(None if ids is None else ids[far], int(far.sum()))
         return out
 
     def _escapes(self, ids: np.ndarray | None, count: int) -> np.ndarray:
@@ -336,10 +398,10 @@ def lanes_for(cells: int) -> int:
 class ChunkEncoder:
     """Codes a chunk frame by frame (the model runs in ``add``); ``finish`` runs the rANS coder and gives the bytes."""
 
-    def __init__(self, grid: tuple[int, int], codebook_size: int) -> None:
+    def __init__(self, grid: tuple[int, int], codebook_size: int, near: np.ndarray | None = None) -> None:
         self.grid = grid
         self._rans = rans.RansEncoder()
-        self._model = _ChunkModel(grid, codebook_size, _Io(self._rans, None))
+        self._model = _ChunkModel(grid, codebook_size, _Io(self._rans, None), near)
 
     def add(self, keyframe: bool, ids: np.ndarray) -> None:
         """One frame: ids h*w ints in [0, K); the chunk's first frame is coded as a keyframe whatever the flag."""
@@ -349,20 +411,23 @@ class ChunkEncoder:
         return self._rans.finish(lanes_for(self.grid[0] * self.grid[1]))
 
 
-def encode_chunk(frames: list[tuple[bool, np.ndarray]], grid: tuple[int, int], codebook_size: int) -> bytes:
-    """Frames of one chunk [(keyframe, ids h*w ints in [0, K))] -> the coded bytes (docs/PTOK.md, "Codec ctx")."""
-    encoder = ChunkEncoder(grid, codebook_size)
+def encode_chunk(
+    frames: list[tuple[bool, np.ndarray]], grid: tuple[int, int], codebook_size: int, near: np.ndarray | None = None
+) -> bytes:
+    """Frames of one chunk [(keyframe, ids h*w ints in [0, K))] -> the coded bytes (docs/PTOK.md, "Codec ctx");
+    ``near``: the ``near_codes`` table of a version 3 stream, None for version 2."""
+    encoder = ChunkEncoder(grid, codebook_size, near)
     for keyframe, ids in frames:
         encoder.add(keyframe, ids)
     return encoder.finish()
 
 
-def decode_chunk(data: bytes | memoryview, kinds: list[bool], grid: tuple[int, int],
-                 codebook_size: int) -> list[np.ndarray]:  # fmt: skip
+def decode_chunk(data: bytes | memoryview, kinds: list[bool], grid: tuple[int, int], codebook_size: int,
+                 near: np.ndarray | None = None) -> list[np.ndarray]:  # fmt: skip
     """The inverse of ``encode_chunk`` given each frame's keyframe flag; CoderError when the bytes are damaged."""
     try:
         decoder = rans.RansDecoder(data)
-        model = _ChunkModel(grid, codebook_size, _Io(None, decoder))
+        model = _ChunkModel(grid, codebook_size, _Io(None, decoder), near)
         frames = [model.frame(keyframe, None) for keyframe in kinds]
         decoder.check()
     except rans.RansError as err:

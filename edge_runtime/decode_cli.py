@@ -51,10 +51,13 @@ def _decode(args: argparse.Namespace) -> int:
     from .manifest import load_manifest
     from .outputs import DisplayOutput, open_output
     from .preprocess import Geometry, from_model_output, restore
+    from .stable import load_codebook
     from .tokenstream import Frame, TokenStreamReader
 
     manifest = load_manifest(args.model)
-    with TokenStreamReader(args.tokens, expect_codebook_sha256=manifest.codebook_sha256) as reader:
+    with TokenStreamReader(
+        args.tokens, expect_codebook_sha256=manifest.codebook_sha256, codebook=load_codebook(manifest)
+    ) as reader:
         h = reader.header
         if h.downsample != manifest.downsample or h.codebook_size != manifest.codebook_size:
             raise EdgeError(

@@ -17,12 +17,11 @@ from the FP32 graph and checked against the manifest's ``codebook_sha256``.
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 
 from .errors import EdgeError
 from .formats.graph import QUANTIZER_SCOPE
+from .formats.manifest import codebook_sha256
 from .manifest import Manifest
 
 DEFAULT_MARGIN = 0.1  # what a bare --stable-tokens uses; docs/BENCHMARKS.md ("Stable tokens") has the measurements
@@ -69,7 +68,7 @@ def load_codebook(manifest: Manifest) -> np.ndarray:
         array = numpy_helper.to_array(init)
         for candidate in (array, array.T) if array.ndim == 2 else ():
             codebook = np.ascontiguousarray(candidate, dtype="<f4")
-            if codebook.shape == shape and hashlib.sha256(codebook.tobytes()).hexdigest() == manifest.codebook_sha256:
+            if codebook.shape == shape and codebook_sha256(codebook) == manifest.codebook_sha256:
                 return codebook
     raise EdgeError(f"{path} holds no codebook matching the manifest's codebook_sha256: re-run provq-export")
 

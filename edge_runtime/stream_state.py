@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 import cv2
 import numpy as np
 
+from .ctxcoder import near_count
 from .errors import EdgeError
 from .outputs import Output
 from .preprocess import Geometry, from_model_output, prepare, restore, to_bgr_uint8
@@ -86,6 +87,12 @@ class RunReport:
         return data
 
 
+def needs_codebook(config: PipelineConfig) -> bool:
+    """Whether a stream needs the model's codebook: version 3 ids (codec ctx) are coded against it, stable tokens
+    compare latents with it."""
+    return config.codec == "ctx" or config.stable_margin is not None
+
+
 class TimeWindow:
     """The most recent WINDOW samples of one timing, in ms."""
 
@@ -131,15 +138,24 @@ class StreamState:
     ``write_gap`` and ``close`` in the writer thread; ``progress_figures`` and ``report`` may be read from any.
     """
 
-    def __init__(self, source: FrameSource, backend: Any, config: PipelineConfig, output: Output | None = None) -> None:
+    def __init__(
+        self,
+        source: FrameSource,
+        backend: Any,
+        config: PipelineConfig,
+        output: Output | None = None,
+        codebook: np.ndarray | None = None,
+    ) -> None:
+        """``codebook`` (K x D float32, see ``needs_codebook``) is loaded from the model when not given."""
         self.source = source
         self.backend = backend
         self.config = config
         self.output = output
         self.reconstruct = output is not None
-        self.sink = TokenSink(config.tokens, config.frames_per_chunk)
-        self._stable = None if config.stable_margin is None else StableTokens(load_codebook(backend.manifest),
-                                                                               config.stable_margin)  # fmt: skip
+        if codebook is None and needs_codebook(config):
+            codebook = load_codebook(backend.manifest)
+        self.sink = TokenSink(config.tokens, config.frames_per_chunk, codebook)
+        self._stable = None if config.stable_margin is None else StableTokens(codebook, config.stable_margin)
         self.times = {stage: TimeWindow() for stage in (*STAGES, "latency")}
         self.frames = 0  # written
         self.first_geometry: Geometry | None = None
@@ -258,6 +274,7 @@ class StreamState:
             delta=config.delta,
             keyframe_interval=config.keyframe_interval,
             metadata=metadata,
+            near=near_count(manifest.codebook_size) if config.codec == "ctx" else 0,
         )
 
     # figures

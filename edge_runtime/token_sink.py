@@ -22,8 +22,9 @@ class TokenSink:
     so an endless run without --tokens needs bounded space. The scratch folder is removed on close.
     """
 
-    def __init__(self, path: Path | None, frames_per_chunk: int) -> None:
+    def __init__(self, path: Path | None, frames_per_chunk: int, codebook: np.ndarray | None = None) -> None:
         self.frames_per_chunk = frames_per_chunk
+        self.codebook = codebook  # K x D float32: version 3 streams are coded against it
         self.path = path
         self.writer: TokenStreamWriter | None = None
         self.frames = 0  # written
@@ -40,7 +41,11 @@ class TokenSink:
             self._scratch_dir = Path(tempfile.mkdtemp(prefix="provq-run-"))
             self.path = self._scratch_dir / "scratch.ptok"
         self.writer = TokenStreamWriter(
-            self.path, header, frames_per_chunk=self.frames_per_chunk, fsync=self._scratch_dir is None
+            self.path,
+            header,
+            frames_per_chunk=self.frames_per_chunk,
+            fsync=self._scratch_dir is None,
+            codebook=self.codebook,
         )
         self._header_bytes = self._size = len(header.to_bytes())
 

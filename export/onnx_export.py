@@ -15,7 +15,6 @@ failed export leaves the previous directory untouched.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
@@ -33,6 +32,7 @@ from provq.edge_runtime.formats.errors import ProvqError
 from provq.edge_runtime.formats.files import sha256_file
 from provq.edge_runtime.formats.graph import IDS, IMAGES
 from provq.edge_runtime.formats.manifest import ModelManifest, write_manifest
+from provq.edge_runtime.formats.manifest import codebook_sha256 as fingerprint
 from provq.edge_runtime.formats.media import IMAGE_EXTENSIONS
 from provq.edge_runtime.formats.versions import package_versions
 from provq.edge_runtime.preprocess import prepare, resize_to
@@ -53,9 +53,8 @@ MACS_SIZE = (256, 256)  # frame size the manifest's compute figures are counted 
 
 
 def codebook_sha256(codebook: torch.Tensor) -> str:
-    """sha256 of the K x D codebook as float32 little-endian bytes: the fingerprint token streams carry."""
-    array = codebook.detach().cpu().float().numpy().astype("<f4", copy=False)
-    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+    """The fingerprint (``formats.manifest.codebook_sha256``) of a K x D codebook tensor."""
+    return fingerprint(codebook.detach().cpu().float().numpy())
 
 
 EXPORTED_WITH = ("provq", "torch", "onnx", "onnxruntime", "numpy", "opencv-python-headless")

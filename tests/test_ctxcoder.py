@@ -1,8 +1,10 @@
-"""Codec ctx (.ptok version 2) and stable tokens on real model ids: exact round trips, chunk independence, the
-version-1 codings, damage, and the size of a static scene made from a real photo with sensor noise."""
+"""Codec ctx (.ptok versions 2 and 3) and stable tokens on real model ids: exact round trips, chunk independence,
+the version-1 codings, damage, the codebook a version 3 stream needs, and the size of a static scene made from a
+real photo with sensor noise."""
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 import zlib
 from pathlib import Path
@@ -48,20 +50,28 @@ def static_scene() -> dict[str, np.ndarray]:
     return {"ids": np.stack(ids), "latents": np.stack(latents), "plain": np.stack(plain)}
 
 
-def _header(ids: np.ndarray, codec: str) -> StreamHeader:
+CODEBOOK = load_codebook(load_manifest("default"))  # K x D float32
+
+
+def _header(ids: np.ndarray, codec: str, near: int) -> StreamHeader:
     manifest = load_manifest("default")
     h, w = ids.shape[1:]
-    return StreamHeader(manifest.codebook_sha256, manifest.codebook_size, h, w, 8 * h, 8 * w, 8 * h, 8 * w, codec=codec)
+    return StreamHeader(
+        manifest.codebook_sha256, manifest.codebook_size, h, w, 8 * h, 8 * w, 8 * h, 8 * w, codec=codec, near=near
+    )
 
 
-def _write(path: Path, ids: np.ndarray, codec: str, per_chunk: int = 8) -> None:
-    with TokenStreamWriter(path, _header(ids, codec), frames_per_chunk=per_chunk, fsync=False) as writer:
+def _write(path: Path, ids: np.ndarray, codec: str, per_chunk: int = 8, near: int | None = None) -> None:
+    """Codec ctx writes version 3 (``near`` codes ranked, the writer's default) unless ``near`` is 0 (version 2)."""
+    near = (ctxcoder.near_count(CODEBOOK.shape[0]) if codec == "ctx" else 0) if near is None else near
+    header = _header(ids, codec, near)
+    with TokenStreamWriter(path, header, frames_per_chunk=per_chunk, fsync=False, codebook=CODEBOOK) as writer:
         for t, frame in enumerate(ids):
             writer.write(frame, 40.0 * t)
 
 
 def _read(path: Path) -> tuple[list, object]:
-    with TokenStreamReader(path) as reader:
+    with TokenStreamReader(path, codebook=CODEBOOK) as reader:
         frames = list(reader.frames())
         return frames, reader.report
 
@@ -106,28 +116,74 @@ def test_latents_output_keeps_the_ids(static_scene: dict[str, np.ndarray]) -> No
     assert np.array_equal(static_scene["ids"], static_scene["plain"])  # the extra output changes nothing
 
 
-@pytest.mark.parametrize("codec", ["ctx", "zlib"])
+@pytest.mark.parametrize(("codec", "near", "version"), [("ctx", None, 3), ("ctx", 0, 2), ("zlib", 0, 1)])
 def test_streams_round_trip_exactly_and_carry_their_version(
-    tmp_path: Path, static_scene: dict[str, np.ndarray], codec: str
+    tmp_path: Path, static_scene: dict[str, np.ndarray], codec: str, near: int | None, version: int
 ) -> None:
     ids = static_scene["ids"]
-    _write(tmp_path / "s.ptok", ids, codec)
+    _write(tmp_path / "s.ptok", ids, codec, near=near)
     frames, report = _read(tmp_path / "s.ptok")
     assert report.ok and len(frames) == FRAMES
     assert all(np.array_equal(f.ids, i) for f, i in zip(frames, ids, strict=True))
-    version = struct.unpack_from("<H", (tmp_path / "s.ptok").read_bytes(), 4)[0]
-    assert version == (2 if codec == "ctx" else 1)
+    data = (tmp_path / "s.ptok").read_bytes()
+    assert struct.unpack_from("<H", data, 4)[0] == version
+    assert data[47] == (ctxcoder.NEAR if version == 3 else 0)  # the header's near byte
 
 
 def test_context_coding_halves_a_static_scene(tmp_path: Path, static_scene: dict[str, np.ndarray]) -> None:
     ids = static_scene["ids"]
-    for codec in ("ctx", "zlib"):
-        _write(tmp_path / f"{codec}.ptok", ids, codec, per_chunk=FRAMES)
-    ctx, old = stream_stats(tmp_path / "ctx.ptok"), stream_stats(tmp_path / "zlib.ptok")
+    for name, codec, near in (("v3", "ctx", None), ("v2", "ctx", 0), ("zlib", "zlib", 0)):
+        _write(tmp_path / f"{name}.ptok", ids, codec, per_chunk=FRAMES, near=near)
+    v3, v2, old = (stream_stats(tmp_path / f"{n}.ptok", codebook=CODEBOOK) for n in ("v3", "v2", "zlib"))
     changed = np.mean([np.count_nonzero(ids[t] != ids[t - 1]) for t in range(1, FRAMES)])
-    print(f"ctx {ctx.bytes_per_frame:.0f} B/frame, zlib {old.bytes_per_frame:.0f}, changed ids {changed:.0f}")
+    print(f"ctx v3 {v3.bytes_per_frame:.0f} B/frame, v2 {v2.bytes_per_frame:.0f}, zlib {old.bytes_per_frame:.0f}, "
+          f"changed ids {changed:.0f}")  # fmt: skip
     assert changed > 20  # sensor noise does flip ids: there is something to code
-    assert ctx.total_bytes <= 0.6 * old.total_bytes
+    assert v2.total_bytes <= 0.6 * old.total_bytes
+    assert v3.total_bytes <= 0.95 * v2.total_bytes  # ranking escapes near the previous code pays
+
+
+def test_a_version_3_stream_needs_its_own_codebook(tmp_path: Path, static_scene: dict[str, np.ndarray]) -> None:
+    path = tmp_path / "s.ptok"
+    _write(path, static_scene["ids"][:3], "ctx")
+    with TokenStreamReader(path) as reader:  # the shipped model's stream: its codebook is found without being passed
+        assert len(list(reader.frames())) == 3
+    data = bytearray(path.read_bytes())
+    data[8] ^= 1  # another model's fingerprint (header CRC fixed up): no codebook to be found
+    meta = struct.unpack_from("<I", data, 92)[0]
+    struct.pack_into("<I", data, 96 + meta, zlib.crc32(data[: 96 + meta]))
+    (tmp_path / "other.ptok").write_bytes(bytes(data))
+    with pytest.raises(EdgeError, match="version 3 codes ids against the model's codebook: pass"):
+        TokenStreamReader(tmp_path / "other.ptok")
+    other = CODEBOOK.copy()
+    other[0, 0] += 1.0
+    with pytest.raises(EdgeError, match="not the stream's"):
+        TokenStreamReader(path, codebook=other)
+    with pytest.raises(EdgeError, match="codebook of shape"):
+        TokenStreamReader(path, codebook=CODEBOOK[:10])
+    header = dataclasses.replace(_header(static_scene["ids"], "ctx", 64), codebook_sha256="ab" * 32)
+    with pytest.raises(EdgeError, match="version 3 codes ids against"):
+        TokenStreamWriter(tmp_path / "new.ptok", header)
+    assert not (tmp_path / "new.ptok").exists()  # refused before anything was written
+    with pytest.raises(EdgeError, match="near 64 needs codec ctx"):
+        _header(static_scene["ids"], "zlib", 64)
+
+
+def test_near_codes_are_exact_and_platform_free() -> None:
+    """The table ranks by exact integer distances with ties to the lower id: the same as float64 ranking where
+    float64 is exact, unchanged when the codebook is scaled by a power of two, and independent of the block size."""
+    near = ctxcoder.near_codes(CODEBOOK, 64)
+    assert near.shape == (CODEBOOK.shape[0], 64)
+    assert not (near == np.arange(CODEBOOK.shape[0])[:, None]).any()  # a code is never its own neighbour
+    assert np.array_equal(near, ctxcoder.near_codes(CODEBOOK * 4.0, 64))
+    grid = np.array([[x, y] for y in range(3) for x in range(3)], dtype=np.float32)  # 3 x 3 lattice: many ties
+    lattice = ctxcoder.near_codes(grid, 4)
+    assert lattice[4].tolist() == [1, 3, 5, 7]  # the centre's four at distance 1, lower ids first
+    assert lattice[0].tolist() == [1, 3, 4, 2]  # a corner: 1, 3 at 1, then 4 at sqrt 2, then 2 at 2 (before 6)
+    cb = CODEBOOK.astype(np.float64)
+    dist = ((cb[:, None] - cb[None]) ** 2).sum(-1)
+    by_float = np.argsort(dist, 1, kind="stable")[:, 1:65]
+    assert (by_float == near).mean() > 0.99  # the scaled integers round far below the gaps between distances
 
 
 def test_each_chunk_decodes_without_its_predecessors(tmp_path: Path, static_scene: dict[str, np.ndarray]) -> None:
@@ -135,7 +191,7 @@ def test_each_chunk_decodes_without_its_predecessors(tmp_path: Path, static_scen
     path = tmp_path / "s.ptok"
     _write(path, ids, "ctx", per_chunk=5)  # chunks of frames 0-4, 5-9, 10-14, 15
     data = path.read_bytes()
-    with TokenStreamReader(path) as reader:
+    with TokenStreamReader(path, codebook=CODEBOOK) as reader:
         start = reader.data_offset
     starts = [i for i in range(start, len(data)) if data[i : i + 4] == b"PTKC"]
     assert len(starts) == 4
@@ -151,7 +207,7 @@ def test_damaged_coded_ids_with_valid_crcs_are_reported(tmp_path: Path, static_s
     path = tmp_path / "s.ptok"
     _write(path, static_scene["ids"], "ctx")
     data = bytearray(path.read_bytes())
-    with TokenStreamReader(path) as reader:
+    with TokenStreamReader(path, codebook=CODEBOOK) as reader:
         start = reader.data_offset
     stored = struct.unpack_from("<I", data, start + 24)[0]
     payload = start + CHUNK_HEADER_SIZE
@@ -167,14 +223,14 @@ def test_damaged_coded_ids_with_valid_crcs_are_reported(tmp_path: Path, static_s
 
 def test_a_version_1_header_with_codec_ctx_is_refused(tmp_path: Path, static_scene: dict[str, np.ndarray]) -> None:
     path = tmp_path / "s.ptok"
-    _write(path, static_scene["ids"][:2], "ctx")
+    _write(path, static_scene["ids"][:2], "ctx", near=0)  # version 2
     data = bytearray(path.read_bytes())
     struct.pack_into("<H", data, 4, 1)
     meta = struct.unpack_from("<I", data, 92)[0]
     struct.pack_into("<I", data, 96 + meta, zlib.crc32(data[: 96 + meta]))
     path.write_bytes(bytes(data))
     with pytest.raises(EdgeError, match="version 1 with codec ctx"):
-        TokenStreamReader(path)
+        TokenStreamReader(path, codebook=CODEBOOK)
 
 
 def test_ctx_coder_rejects_ids_it_did_not_write() -> None:

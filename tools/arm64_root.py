@@ -258,10 +258,14 @@ def host_run(workdir: Path) -> tuple[Path, float]:
 
 
 def id_agreement(a: Path, b: Path) -> dict[str, Any]:
-    """Positions where two token streams hold the same id: frames compared, positions, equal, fraction."""
+    """Positions where two token streams of the shipped model hold the same id: frames compared, positions, equal,
+    fraction."""
+    from provq.edge_runtime.manifest import load_manifest
+    from provq.edge_runtime.stable import load_codebook
     from provq.edge_runtime.tokenstream import TokenStreamReader
 
-    with TokenStreamReader(a) as ra, TokenStreamReader(b) as rb:
+    codebook = load_codebook(load_manifest("default"))
+    with TokenStreamReader(a, codebook=codebook) as ra, TokenStreamReader(b, codebook=codebook) as rb:
         fa, fb = list(ra.frames()), list(rb.frames())
     if len(fa) != len(fb) or any(x.ids.shape != y.ids.shape for x, y in zip(fa, fb, strict=False)):
         raise Failure(f"{a} has {len(fa)} frames, {b} has {len(fb)} (or their grids differ)")

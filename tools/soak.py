@@ -34,12 +34,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from provq.edge_runtime.backends import open_backend
 from provq.edge_runtime.console import command_frame
 from provq.edge_runtime.errors import EdgeError
 from provq.edge_runtime.pipeline import Pipeline, PipelineConfig, Progress
 from provq.edge_runtime.preprocess import parse_size
 from provq.edge_runtime.sources import open_source
+from provq.edge_runtime.stable import load_codebook
 from provq.edge_runtime.tokenstream import Frame, TokenStreamReader
 
 PROG = "soak"
@@ -106,10 +109,11 @@ class Sampler:
             )
 
 
-def check_stream(path: Path, codebook_sha256: str) -> dict[str, Any]:
-    """Read the whole stream back: frame count, whether the indices run 0..n-1, damage and torn tail."""
+def check_stream(path: Path, codebook: np.ndarray) -> dict[str, Any]:
+    """Read the whole stream back (``codebook``: the model's, K x D): frame count, whether the indices run 0..n-1,
+    damage and torn tail."""
     frames, contiguous = 0, True
-    with TokenStreamReader(path, expect_codebook_sha256=codebook_sha256) as reader:
+    with TokenStreamReader(path, codebook=codebook) as reader:
         for item in reader:
             if isinstance(item, Frame):
                 contiguous = contiguous and item.index == frames
@@ -142,7 +146,7 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
                 pipeline = Pipeline(source, backend, PipelineConfig(max_frames=args.frames, tokens=tokens))
                 report = pipeline.run(sampler, every_s=min(POLL_S, args.every))
             rss_end, fds_after, threads_after = process_status()
-            stream = check_stream(tokens, backend.manifest.codebook_sha256)
+            stream = check_stream(tokens, load_codebook(backend.manifest))
     finally:
         backend.close()
 

@@ -33,10 +33,13 @@ File names are plain names inside the model directory: a manifest cannot point a
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from .errors import EdgeError
 from .files import write_json_atomic
@@ -56,6 +59,12 @@ FILE_SETS = (*PRECISIONS, CPU_INT8)
 INPUT = {"name": IMAGES, "layout": "NCHW", "channels": "RGB", "dtype": "float32", "range": [-1.0, 1.0]}
 OUTPUT = {"name": IDS, "layout": "N x H/ds x W/ds", "dtype": "int32"}
 TENSORS = {"encoder": {"input": IMAGES, "output": IDS}, "decoder": {"input": IDS, "output": IMAGES}}
+
+
+def codebook_sha256(codebook: np.ndarray) -> str:
+    """sha256 of the K x D codebook as float32 little-endian bytes: the fingerprint manifests and token streams
+    carry."""
+    return hashlib.sha256(np.ascontiguousarray(codebook, dtype="<f4").tobytes()).hexdigest()
 
 
 def plain_name(name: object, where: str) -> str:

@@ -26,11 +26,12 @@ try:
 except ImportError:  # optional: only zstd streams need it
     zstandard = None
 
-VERSION = 2  # written with codec ctx; the other codecs write version 1, byte for byte as before
-VERSIONS = (1, 2)  # read
+VERSION = 3  # written with codec ctx: ids coded against the codebook; 2: ctx without it; 1: the other codecs
+VERSIONS = (1, 2, 3)  # read
 MAGIC = b"PTOK"
 CHUNK_MAGIC = b"PTKC"
-CODECS = ("none", "zlib", "zstd", "ctx")  # header codec byte = index; ctx (context-coded ids) needs version 2
+CODECS = ("none", "zlib", "zstd", "ctx")  # header codec byte = index; ctx (context-coded ids): version 2 or 3
+MAX_NEAR = 255  # version 3: the header's near byte, codes ranked per escaped id, 1 .. min(255, K - 1)
 FITS = ("pad", "crop", "resize")  # header fit byte = index; the same names and order as preprocess.FITS
 KEYFRAME, DELTA, GAP = 0, 1, 2  # record kinds
 HEADER_DELTA = 1  # header flags bit 0: frames may be coded against the previous frame
@@ -82,6 +83,8 @@ class StreamHeader:
     delta: bool = True  # code frames against the previous frame of the chunk (lossless)
     keyframe_interval: int = 0  # also a keyframe whenever frame_index % N == 0; 0: only each chunk's first frame
     metadata: dict[str, Any] = field(default_factory=dict)  # small JSON object: model preset, source URI, ...
+    near: int = 0  # codec ctx: escaped ids ranked among this many codes nearest the previous id (version 3), which
+    # reading and writing need the codebook for; 0: version 2, no codebook needed
 
     def __post_init__(self) -> None:
         bad = _header_problem(self)
@@ -102,13 +105,15 @@ class StreamHeader:
 
     @property
     def version(self) -> int:
-        return 2 if self.codec == "ctx" else 1
+        if self.codec != "ctx":
+            return 1
+        return 3 if self.near else 2
 
     def to_bytes(self) -> bytes:
         meta = _metadata_bytes(self.metadata)
         fixed = HEADER_STRUCT.pack(
             MAGIC, self.version, HEADER_DELTA if self.delta else 0, bytes.fromhex(self.codebook_sha256),
-            self.codebook_size, self.bits_per_id, CODECS.index(self.codec), FITS.index(self.fit), 0,
+            self.codebook_size, self.bits_per_id, CODECS.index(self.codec), FITS.index(self.fit), self.near,
             self.grid_height, self.grid_width, self.fps, self.height, self.width, self.model_height,
             self.model_width, self.top, self.left, self.keyframe_interval, len(meta),
         )  # fmt: skip
@@ -163,6 +168,11 @@ def _header_problem(h: StreamHeader) -> str | None:  # noqa: PLR0911
         return f"codec {h.codec!r} is not one of {', '.join(CODECS)}"
     if not isinstance(h.delta, bool):
         return f"delta must be True or False, got {h.delta!r}"
+    if not isinstance(h.near, int) or isinstance(h.near, bool) or h.near < 0:
+        return f"near must be a whole number >= 0, got {h.near!r}"
+    most = min(MAX_NEAR, h.codebook_size - 1)
+    if h.near and (h.codec != "ctx" or h.near > most):
+        return f"near {h.near} needs codec ctx and at most min({MAX_NEAR}, K - 1) = {most}"
     _metadata_bytes(h.metadata)
     return None
 
@@ -180,10 +190,10 @@ def read_header(f: BinaryIO, file_size: int, path: Path) -> tuple[StreamHeader, 
         raise EdgeError(f"{path} is not a provq token stream (no PTOK magic): pass a .ptok file written by provq-run")
     if len(fixed) < HEADER_STRUCT.size:
         raise EdgeError(f"{path}: token stream header is truncated ({file_size} bytes): the file is incomplete")
-    (_, version, flags, sha, k, bits, codec, fit, reserved, gh, gw, fps, height, width, mh, mw, top, left,
+    (_, version, flags, sha, k, bits, codec, fit, near, gh, gw, fps, height, width, mh, mw, top, left,
      kf_interval, meta_len) = HEADER_STRUCT.unpack(fixed)  # fmt: skip
     if version not in VERSIONS:
-        raise EdgeError(f"{path} is token stream version {version}; this provq reads versions 1 and 2: upgrade provq")
+        raise EdgeError(f"{path} is token stream version {version}; this provq reads versions 1 to 3: upgrade provq")
     end = HEADER_STRUCT.size + meta_len + CRC_STRUCT.size
     if meta_len > MAX_METADATA_BYTES or end > file_size:
         raise EdgeError(f"{path}: token stream header claims {meta_len} metadata bytes: the header is damaged")
@@ -191,7 +201,7 @@ def read_header(f: BinaryIO, file_size: int, path: Path) -> tuple[StreamHeader, 
     (crc,) = CRC_STRUCT.unpack_from(rest, meta_len)
     if zlib.crc32(fixed + rest[:meta_len]) != crc:
         raise EdgeError(f"{path}: token stream header CRC mismatch: the header is damaged, the stream is unreadable")
-    if flags & ~HEADER_DELTA or reserved or codec >= len(CODECS) or fit >= len(FITS):
+    if flags & ~HEADER_DELTA or (near and version != 3) or codec >= len(CODECS) or fit >= len(FITS):
         raise EdgeError(f"{path}: token stream header has unknown flags or codes: written by a newer provq? upgrade")
     try:
         metadata = json.loads(rest[:meta_len].decode("utf-8"))
@@ -199,7 +209,7 @@ def read_header(f: BinaryIO, file_size: int, path: Path) -> tuple[StreamHeader, 
         raise EdgeError(f"{path}: token stream metadata is not valid JSON: the header is damaged") from None
     header = StreamHeader(
         sha.hex(), k, gh, gw, height, width, mh, mw, FITS[fit], top, left, fps, CODECS[codec],
-        bool(flags & HEADER_DELTA), kf_interval, metadata,
+        bool(flags & HEADER_DELTA), kf_interval, metadata, near,
     )  # fmt: skip
     if version != header.version:
         raise EdgeError(f"{path}: version {version} with codec {header.codec}: the header is damaged")

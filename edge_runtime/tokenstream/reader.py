@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import struct
@@ -15,6 +16,7 @@ import numpy as np
 
 from .. import bitpack, ctxcoder
 from ..errors import EdgeError
+from ..formats.manifest import codebook_sha256
 from .layout import (
     CHUNK_HEADER_SIZE,
     CHUNK_MAGIC,
@@ -28,6 +30,7 @@ from .layout import (
     MAX_REASON_BYTES,
     MAX_RECORDS,
     RECORD_STRUCT,
+    StreamHeader,
     read_exact,
     read_header,
     zstandard,
@@ -105,6 +108,46 @@ class ReadReport:
             raise EdgeError(f"{self.path}: damaged token stream, skipped {names}; the other chunks were decoded")
 
 
+def codebook_near(header: StreamHeader, codebook: np.ndarray | None, what: str) -> np.ndarray | None:
+    """The ``ctxcoder.near_codes`` table a version 3 stream is coded with (None for other versions). Without a
+    ``codebook``, the shipped default model's is used when the header's fingerprint is its. A one-line EdgeError when
+    the codebook is missing or is not the one the fingerprint names."""
+    if not header.near:
+        return None
+    fix = "pass the model's codebook (provq-decode and provq-run do: --model DIR)"
+    if codebook is None:
+        codebook = _default_codebook(header.codebook_sha256)
+    if codebook is None:
+        raise EdgeError(f"{what}: token stream version 3 codes ids against the model's codebook: {fix}")
+    codebook = np.asarray(codebook)
+    if codebook.ndim != 2 or codebook.shape[0] != header.codebook_size:
+        raise EdgeError(f"{what}: a codebook of shape {codebook.shape} for K = {header.codebook_size}: {fix}")
+    if codebook_sha256(codebook) != header.codebook_sha256:
+        raise EdgeError(
+            f"{what}: the codebook given is not the stream's (fingerprint {header.codebook_sha256[:12]}): pass the "
+            "codebook of the model the stream was made with"
+        )
+    return ctxcoder.near_codes(codebook, header.near)
+
+
+@functools.lru_cache(maxsize=2)
+def _default_codebook(fingerprint: str) -> np.ndarray | None:
+    """The shipped default model's codebook (read-only, read once per process) if ``fingerprint`` is its, else
+    None."""
+    from ..manifest import load_manifest
+    from ..stable import load_codebook
+
+    try:
+        manifest = load_manifest("default")
+    except EdgeError:
+        return None
+    if manifest.codebook_sha256 != fingerprint:
+        return None
+    codebook = load_codebook(manifest)
+    codebook.setflags(write=False)
+    return codebook
+
+
 class _Bad(Exception):
     """A chunk that cannot be decoded; becomes a Damage entry."""
 
@@ -112,7 +155,11 @@ class _Bad(Exception):
 class TokenStreamReader:
     """Iterates a stream's frames (``Frame``) and gaps (``Gap``) in order; ``report`` says what was skipped."""
 
-    def __init__(self, path: str | Path, *, expect_codebook_sha256: str | None = None) -> None:
+    def __init__(
+        self, path: str | Path, *, expect_codebook_sha256: str | None = None, codebook: np.ndarray | None = None
+    ) -> None:
+        """``codebook``: the model's K x D float32 codebook (``stable.load_codebook``), which version 3 streams need;
+        None: the shipped default model's, for the streams it made."""
         self.path = Path(path)
         try:
             self._f: BinaryIO = open(self.path, "rb")  # noqa: SIM115 (closed by close())
@@ -126,6 +173,7 @@ class TokenStreamReader:
             self._size = os.fstat(self._f.fileno()).st_size
             self.header, self.data_offset = read_header(self._f, self._size, self.path)
             self._check_codebook(expect_codebook_sha256)
+            self._near = codebook_near(self.header, codebook, str(self.path))
             if self.header.codec == "zstd" and zstandard is None:
                 raise EdgeError(f"{self.path} is zstd-compressed: pip install zstandard (or provq[edge]) to read it")
         except BaseException:
@@ -350,7 +398,8 @@ class TokenStreamReader:
         """Fill in the ids of a ctx chunk's frames (``key_flags``: which frame records are keyframes)."""
         h = self.header
         try:
-            planes = iter(ctxcoder.decode_chunk(coded, key_flags, (h.grid_height, h.grid_width), h.codebook_size))
+            grid = (h.grid_height, h.grid_width)
+            planes = iter(ctxcoder.decode_chunk(coded, key_flags, grid, h.codebook_size, self._near))
         except ctxcoder.CoderError as err:
             raise _Bad(f"coded ids do not decode ({err})") from None
         shape = (h.grid_height, h.grid_width)

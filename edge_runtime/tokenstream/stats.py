@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from .reader import TokenStreamReader
 
 
@@ -32,9 +34,11 @@ class StreamStats:
         return self.bytes_per_frame * 8 / self.raw_bits_per_frame
 
 
-def stream_stats(path: str | Path, *, expect_codebook_sha256: str | None = None) -> StreamStats:
-    """Read a whole stream (raising EdgeError on damage) and measure it."""
-    with TokenStreamReader(path, expect_codebook_sha256=expect_codebook_sha256) as reader:
+def stream_stats(
+    path: str | Path, *, expect_codebook_sha256: str | None = None, codebook: np.ndarray | None = None
+) -> StreamStats:
+    """Read a whole stream (raising EdgeError on damage) and measure it; ``codebook`` as TokenStreamReader's."""
+    with TokenStreamReader(path, expect_codebook_sha256=expect_codebook_sha256, codebook=codebook) as reader:
         for _ in reader:
             pass
         reader.report.check()

@@ -33,7 +33,7 @@ from .layout import (
     StreamHeader,
     zstandard,
 )
-from .reader import TokenStreamReader
+from .reader import TokenStreamReader, codebook_near
 
 try:
     import fcntl
@@ -61,6 +61,7 @@ class TokenStreamWriter:
         fsync: bool = True,  # fsync every chunk (power-loss safe); without it a killed process still loses nothing
         append: bool = False,  # resume an existing stream instead of refusing to touch it
         level: int | None = None,  # compression level (zlib 6, zstd 3 by default)
+        codebook: np.ndarray | None = None,  # K x D float32, the model's: needed when header.near (version 3)
     ) -> None:
         if not isinstance(header, StreamHeader):
             raise EdgeError(f"header must be a StreamHeader, got {type(header).__name__}")
@@ -69,6 +70,8 @@ class TokenStreamWriter:
         if header.codec == "zstd" and zstandard is None:
             raise EdgeError("codec zstd needs the zstandard package: pip install zstandard (or use codec zlib)")
         self.path, self.header = Path(path), header
+        self.codebook = codebook
+        self._near = codebook_near(header, codebook, f"writing {self.path}")
         self.frames_per_chunk, self.fsync = frames_per_chunk, fsync
         self.level = DEFAULT_LEVEL.get(header.codec, 0) if level is None else level
         self.chunk_index = 0  # index of the next chunk written
@@ -109,7 +112,9 @@ class TokenStreamWriter:
 
     def _resume(self) -> None:
         try:
-            with TokenStreamReader(self.path, expect_codebook_sha256=self.header.codebook_sha256) as reader:
+            with TokenStreamReader(
+                self.path, expect_codebook_sha256=self.header.codebook_sha256, codebook=self.codebook
+            ) as reader:
                 for _ in reader:
                     pass
                 old, report, size = reader.header, reader.report, reader._size
@@ -171,7 +176,7 @@ class TokenStreamWriter:
         if h.codec == "ctx":  # the ids are coded at flush; the record itself has no body
             kind = DELTA if h.delta and self._prev is not None and not keyframe_due else KEYFRAME
             if self._coded is None:
-                self._coded = ctxcoder.ChunkEncoder((h.grid_height, h.grid_width), h.codebook_size)
+                self._coded = ctxcoder.ChunkEncoder((h.grid_height, h.grid_width), h.codebook_size, self._near)
             self._coded.add(kind == KEYFRAME, flat)
             self._raw_bytes += 4 * key_size  # bounds the coded payload (at most ~3.2 x the packed ids)
             body = None
