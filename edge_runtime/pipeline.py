@@ -182,6 +182,7 @@ class Pipeline:
         self._sink = TokenSink(config.tokens, config.frames_per_chunk, codebook)
         self._stable = None if config.stable_margin is None else StableTokens(codebook, config.stable_margin)
         self._frames = 0
+        self._gaps_sent = 0  # source.gaps queued for the writer
         self._first_geometry: Geometry | None = None
         self._grid: tuple[int, int] | None = None
         self._sq_error = 0.0  # sum of squared errors of reconstructions, over all pixels and channels
@@ -277,19 +278,28 @@ class Pipeline:
 
     def _capture(self) -> None:
         """Capture-stage errors (a size change, a camera gone for good) end the stream like a stop, so that the
-        frames captured before are still finished and written; ``run`` raises the error afterwards."""
+        frames captured before are still finished and written; ``run`` raises the error afterwards. An outage the
+        source recorded before it gave up is written too."""
         try:
             self._capture_frames()
         except BaseException as err:
             self._record(err)
         finally:
             self.source.close()  # no more frames are needed; a file is released by the thread that reads it
-        self._put(self._to_infer, _END)
+        if self._forward_gaps():
+            self._put(self._to_infer, _END)
+
+    def _forward_gaps(self) -> bool:
+        """Queue the source's outages not queued yet; False when the pipeline aborted."""
+        for gap in self.source.gaps[self._gaps_sent :]:
+            if not self._put(self._to_infer, _Gap(*gap)):
+                return False
+            self._gaps_sent += 1
+        return True
 
     def _capture_frames(self) -> None:
         source, ds = self.source, self.backend.manifest.downsample
         frames = iter(source)
-        gaps_seen = 0
         taken = 0
         while not (self.stop_event.is_set() or self._abort.is_set()):
             if self.config.max_frames is not None and taken >= self.config.max_frames:
@@ -297,12 +307,8 @@ class Pipeline:
             t0 = time.perf_counter()
             frame = next(frames, None)
             t1 = time.perf_counter()
-            if frame is None:
+            if frame is None or not self._forward_gaps():
                 return
-            for gap in source.gaps[gaps_seen:]:
-                if not self._put(self._to_infer, _Gap(*gap)):
-                    return
-            gaps_seen = len(source.gaps)
             images, geometry = prepare(frame.image, ds, self.config.fit)
             self._check_size(geometry, taken)
             reference = to_bgr_uint8(frame.image) if self.reconstruct else None

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from .console import StatusLine, command_parser, run_command, stop_on_signals
 from .errors import EdgeError
+from .live_options import DEFAULT_BACKOFF_S, DEFAULT_LIVE_QUEUE, DEFAULT_RETRIES, DEFAULT_STALL_TIMEOUT_S, MAX_BACKOFF_S
 from .stable import DEFAULT_MARGIN
 
 if TYPE_CHECKING:
@@ -101,6 +102,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-height", type=positive_int, default=None, metavar="H", help="resize frames to this height")
     p.add_argument("--input-rate", type=float, default=None, metavar="R", help="camera rate; re-times files")
     p.add_argument("--input-loop", type=int, default=0, metavar="N", help="replay files N more times, -1 forever")
+    p.add_argument(
+        "--retries",
+        type=int,
+        default=DEFAULT_RETRIES,
+        metavar="N",
+        help="live sources: reconnect attempts per outage, waits doubling from "
+        f"{DEFAULT_BACKOFF_S:g} s to {MAX_BACKOFF_S:g} s; -1 forever (default: %(default)s)",
+    )
+    p.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=DEFAULT_STALL_TIMEOUT_S,
+        metavar="S",
+        help="live sources: reconnect after S seconds without a frame; also the wait to open (default: %(default)s)",
+    )
+    p.add_argument(
+        "--live-queue",
+        type=int,
+        default=DEFAULT_LIVE_QUEUE,
+        metavar="N",
+        help="live sources: keep the newest N frames when inference falls behind, dropping (and counting) the "
+        "oldest (default: %(default)s)",
+    )
     p.add_argument("--threads", type=positive_int, default=None, metavar="K", help="ONNX Runtime threads")
     p.add_argument(
         "--codec",
@@ -165,7 +189,14 @@ def _run(args: argparse.Namespace) -> int:
     with ExitStack() as stack:
         source = stack.enter_context(
             open_source(
-                args.input, width=args.input_width, height=args.input_height, rate=args.input_rate, loop=args.input_loop
+                args.input,
+                width=args.input_width,
+                height=args.input_height,
+                rate=args.input_rate,
+                loop=args.input_loop,
+                live_queue=args.live_queue,
+                retries=args.retries,
+                stall_timeout_s=args.stall_timeout,
             )
         )
         output = None

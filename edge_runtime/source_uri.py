@@ -29,6 +29,7 @@ import cv2
 
 from .errors import EdgeError
 from .formats.media import IMAGE_EXTENSIONS
+from .gst_check import parse_problem
 
 SCHEMES = ("file://", "v4l2://", "rtsp://", "rtsps://", "csi://", "gst://", "sample://")
 KINDS = ("video", "images", "v4l2", "rtsp", "csi", "gst")  # what a SourceSpec can be
@@ -213,6 +214,12 @@ def _gst(text: str, pipeline: str) -> SourceSpec:
     last = pipeline.rsplit("!", 1)[-1].split()
     if not last or last[0] != "appsink":
         raise EdgeError("gst:// pipeline must end in appsink: append ' ! appsink drop=1 max-buffers=1 sync=false'")
+    problem = parse_problem(pipeline)
+    if problem is not None:
+        raise EdgeError(
+            f"gst:// pipeline does not parse ({problem}): fix it, gst-inspect-1.0 lists the elements installed and "
+            "gst-launch-1.0 tests a pipeline (end it in fakesink)"
+        )
     return SourceSpec(text, "gst", pipeline)
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -11,7 +12,22 @@ import pytest
 
 from provq.train.data import sample_dir
 
+if TYPE_CHECKING:
+    from rtsp_server import RtspServer
+
 AARCH64_SWITCH = "PROVQ_CI_AARCH64"  # =1: run the aarch64-marked tests (the emulated arm64 root) too
+CI_SWITCH = "PROVQ_CI"  # =1 (set by .ci/run): a missing system package fails its tests instead of skipping them
+
+
+def require_system(problem: str) -> None:
+    """Skip (locally) or fail (in CI, PROVQ_CI=1) a test whose system packages are absent; ``problem`` '' is fine."""
+    import os
+
+    if not problem:
+        return
+    if os.environ.get(CI_SWITCH) == "1":
+        pytest.fail(f"{problem} (PROVQ_CI=1: the README's test command installs it)", pytrace=False)
+    pytest.skip(f"{problem}; the README's test command installs the Debian packages")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -73,3 +89,29 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("export") / "tiny"
     export_model("default", out)
     return out
+
+
+@pytest.fixture(scope="session")
+def rtsp_available() -> None:
+    """GStreamer's RTSP server runs here (system python3 with PyGObject, x264enc...); skip or fail otherwise."""
+    from rtsp_server import missing
+
+    require_system(missing())
+
+
+@pytest.fixture
+def rtsp_servers(rtsp_available: None) -> Iterator[Callable[..., RtspServer]]:
+    """``rtsp_servers(mounts=("cam",), width=384, height=288, rate=10)``: a started RtspServer on 127.0.0.1
+    (tests/rtsp_server.py); every server made is stopped (or killed) when the test ends."""
+    from rtsp_server import RtspServer
+
+    made: list[RtspServer] = []
+
+    def start(mounts: tuple[str, ...] = ("cam",), **options: object) -> RtspServer:
+        server = RtspServer(mounts, **options)
+        made.append(server)
+        return server.start()
+
+    yield start
+    for server in made:
+        server.stop()

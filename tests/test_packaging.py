@@ -32,3 +32,13 @@ def test_the_wheel_holds_every_module_of_every_stage(tmp_path: Path) -> None:
     }
     assert expected - names == set()
     assert "provq/edge_runtime/formats/errors.py" in names and "provq/edge_runtime/assets/model/manifest.json" in names
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    """.ci/run's command is the README's test command, character for character, and it sets PROVQ_CI=1 so that live
+    tests fail rather than skip when their Debian packages are missing."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    blocks = [block.split("```", 1)[0].strip() for block in readme.split("```bash\n")[1:]]
+    (command,) = [block for block in blocks if "python -m pytest" in block and "apt-get install" in block]
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").strip().splitlines()[-1]
+    assert ci == command and "PROVQ_CI=1 " in command

@@ -18,13 +18,16 @@ index * 1000 / rate) but does not pace them; ``realtime=True`` paces playback to
 Live sources (``live`` True) are read by a capture thread into a ring of the newest ``live_queue`` frames; a frame
 overwritten before the consumer took it counts in ``dropped`` (indices count captured frames, so drops leave holes).
 A camera that sends no frame for ``stall_timeout_s`` or whose read fails is reopened with exponential backoff
-(``backoff_s``, doubling, at most 30 s) up to ``retries`` times per outage (-1: forever); each outage is recorded in
-``gaps`` as (last frame before, first frame after) in ms, and the run goes on. Opening fails fast: a camera that cannot
-be opened, or sends nothing within ``stall_timeout_s``, is a one-line EdgeError at once.
+(``backoff_s``, doubling, at most 2 s: live_options.py says why) up to ``retries`` times per outage (-1: forever);
+each outage is recorded in ``gaps`` as (last frame before, first frame after) in ms, and the run goes on (an outage
+still going when the source is closed or gives up ends at that moment). Opening fails fast: a camera that cannot be
+opened, or sends nothing within ``stall_timeout_s``, is a one-line EdgeError at once; for rtsp:// it names the cause
+(refused, silent, no such path, credentials) from one RTSP DESCRIBE (rtsp_probe.py).
 
 Backends: V4L2 cameras through CAP_V4L2; rtsp:// through FFmpeg (software decode, with ``stall_timeout_s`` as its
-open and read timeouts), or a decodebin GStreamer pipeline where OpenCV lacks FFmpeg; hardware decoding on a Jetson
-is a gst:// pipeline of your own (rtspsrc ! rtph264depay ! h264parse ! nvv4l2decoder ! nvvidconv ! ... ! appsink).
+open and read timeouts, analyzing 0.5 s of stream to open instead of FFmpeg's 5 s; see open.py), or a decodebin
+GStreamer pipeline where OpenCV lacks FFmpeg; hardware decoding on a Jetson is a gst:// pipeline of your own
+(rtspsrc ! rtph264depay ! h264parse ! nvv4l2decoder ! nvvidconv ! ... ! appsink).
 csi:// and gst:// need an OpenCV built with GStreamer (JetPack's, not PyPI's): otherwise a one-line EdgeError.
 
 ``width``/``height`` resize frames to that size (one of them alone keeps the aspect ratio); cameras are also asked

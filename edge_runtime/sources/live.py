@@ -13,12 +13,18 @@ import cv2
 import numpy as np
 
 from ..errors import EdgeError
+from ..live_options import (
+    DEFAULT_BACKOFF_S,
+    DEFAULT_LIVE_QUEUE,
+    DEFAULT_RETRIES,
+    DEFAULT_STALL_TIMEOUT_S,
+    MAX_BACKOFF_S,
+)
 from ..source_uri import display
 from .base import DEFAULT_FPS, Capture, Frame, FrameSource, _sane_fps
 
 log = logging.getLogger("provq.edge_runtime.sources")
 
-MAX_BACKOFF_S = 30.0  # reconnect delays double from backoff_s up to this
 JOIN_TIMEOUT_S = 3.0  # how long close() waits for a capture thread blocked in read()
 
 
@@ -55,6 +61,7 @@ class LiveSource(FrameSource):
     """A camera or stream read by a capture thread into a ring of the newest ``live_queue`` frames.
 
     ``opener`` opens the device and returns a Capture (a cv2.VideoCapture); it is called again to reconnect.
+    ``diagnose``, when given, is asked why the device does not open (None: no idea) for the error messages.
     Frames are H x W x 3 uint8 BGR; timestamps are monotonic capture times in ms from opening.
     """
 
@@ -69,11 +76,12 @@ class LiveSource(FrameSource):
         width: int | None = None,
         height: int | None = None,
         rate: float | None = None,
-        live_queue: int = 1,
-        retries: int = 10,
-        backoff_s: float = 0.5,
-        stall_timeout_s: float = 5.0,
+        live_queue: int = DEFAULT_LIVE_QUEUE,
+        retries: int = DEFAULT_RETRIES,
+        backoff_s: float = DEFAULT_BACKOFF_S,
+        stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S,
         hint: str = "check that it is connected and not in use",
+        diagnose: Callable[[], str | None] | None = None,
     ) -> None:
         super().__init__(uri, width, height)
         self.kind = kind
@@ -82,6 +90,7 @@ class LiveSource(FrameSource):
         self._backoff_s = backoff_s
         self._stall_timeout_s = stall_timeout_s
         self._hint = hint
+        self._diagnose = diagnose
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._ring: deque[Frame] = deque(maxlen=live_queue)
@@ -95,7 +104,7 @@ class LiveSource(FrameSource):
         capture = self._open_capture()
         if capture is None:
             self._closed = True
-            raise EdgeError(f"cannot open {display(uri)}: {hint}")
+            raise EdgeError(f"cannot open {display(uri)}: {self._why_not_open()}")
         self.fps = float(rate or _sane_fps(_get(capture, cv2.CAP_PROP_FPS)) or DEFAULT_FPS)
         try:
             self._start_reader(capture)
@@ -167,7 +176,8 @@ class LiveSource(FrameSource):
                 self._cond.wait(remaining)
 
     def _recover(self, reason: str) -> None:
-        """Reopen after an outage with exponential backoff; record the gap; EdgeError when retries run out."""
+        """Reopen after an outage with exponential backoff; record the gap (up to now when the source is closed or
+        gives up meanwhile); EdgeError when retries run out."""
         lost_ms = self._last_ts
         lost_at = time.monotonic()
         self._abandon_reader()
@@ -181,11 +191,12 @@ class LiveSource(FrameSource):
                 self.close()
                 raise EdgeError(
                     f"lost {display(self.uri)} ({reason}) and {self._retries} reconnect attempts over "
-                    f"{time.monotonic() - lost_at:.1f} s did not bring it back: {self._hint}, or pass --retries -1 "
-                    "to keep trying"
+                    f"{time.monotonic() - lost_at:.1f} s did not bring it back: {self._why_not_open()}; or pass "
+                    "--retries -1 to keep trying"
                 )
             delay = min(self._backoff_s * 2 ** (attempt - 1), MAX_BACKOFF_S)
-            if self._stop.wait(delay):
+            if self._stop.wait(delay):  # closed during the outage: it lasted until now
+                self.gaps.append((lost_ms, (time.monotonic() - self._t0) * 1000.0))
                 return
             capture = self._open_capture()
             if capture is None or not self._start_reader(capture):
@@ -199,6 +210,16 @@ class LiveSource(FrameSource):
                 )
                 return
             self._abandon_reader()
+
+    def _why_not_open(self) -> str:
+        """The diagnosis of a device that does not open, else the hint."""
+        reason = None
+        if self._diagnose is not None:
+            try:
+                reason = self._diagnose()
+            except Exception as exc:  # a diagnosis must not hide the failure it explains
+                log.debug("diagnosing %s failed: %s", display(self.uri), exc)
+        return reason or self._hint
 
     def _open_capture(self) -> Capture | None:
         """An opened capture, or None (released) when the device cannot be opened now."""
