@@ -49,6 +49,7 @@ ESC_LIMIT = 1 << 20
 NEAR = 64  # version 3: escaped new ids are ranked among this many codes nearest the previous one (K - 1 if fewer)
 NEAR_BITS = 20  # codebook entries are scaled to integers of at most this many bits for the exact distances
 NEAR_BLOCK = 256  # codebook rows ranked at a time (bounds the memory for large K)
+NEAR_MAX_K = 4096  # writers use version 3 up to this K
 _PHASES = ((0, 0), (0, 1), (1, 0), (1, 1))  # (row parity, column parity) of phases 0-3
 _KEY_NEIGHBOURS = ((0, -1), (0, 1)), ((-1, 0), (1, 0), (-1, -1), (-1, 1)), ((0, -1), (0, 1), (-1, 0), (1, 0))
 # keyframe passes: (row, column) residues mod 4 of the cells, the offsets of their candidates (cells of earlier
@@ -152,8 +153,10 @@ def _halve(counts: np.ndarray, limit: int) -> None:
 
 
 def near_count(codebook_size: int) -> int:
-    """The ``near`` a writer puts in a version 3 header for K = ``codebook_size``: NEAR, or K - 1 when smaller."""
-    return min(NEAR, codebook_size - 1)
+    """The ``near`` a writer puts in the header for K = ``codebook_size``: NEAR, or K - 1 when smaller; 0 (version 2)
+    above NEAR_MAX_K, where the table would take too long to build at every start (K x K distances: about 1 s for
+    K = 4096 on a 2-core x86 CPU, 16 times that for K = 16384)."""
+    return min(NEAR, codebook_size - 1) if codebook_size <= NEAR_MAX_K else 0
 
 
 def near_codes(codebook: np.ndarray, count: int) -> np.ndarray:
@@ -171,12 +174,18 @@ def _near_codes(data: bytes, k: int, count: int) -> np.ndarray:
     q = np.rint(np.ldexp(cb, NEAR_BITS - exponent)).astype(np.int64)  # |q| <= 2 ** NEAR_BITS, exact
     norms = (q * q).sum(1)
     ids = np.arange(k, dtype=np.int64)
+    keyed = cb.shape[1] * k < 1 << 17  # (distance, id) fits one int64 key: D * 2 ** (2 NEAR_BITS + 2) * K < 2 ** 63
     out = np.empty((k, count), dtype=np.int64)
     for start in range(0, k, NEAR_BLOCK):
         rows = slice(start, min(k, start + NEAR_BLOCK))
         dist = norms[rows, None] + norms[None, :] - 2 * (q[rows] @ q.T)  # exact: < D * 2 ** (2 NEAR_BITS + 2)
         dist[np.arange(dist.shape[0]), ids[rows]] = -1  # the code itself sorts first, then is dropped
-        order = np.lexsort((np.broadcast_to(ids, dist.shape), dist), axis=1)
+        if keyed:  # unique keys: the partial sort is exact and far cheaper than sorting whole rows
+            key = dist * k + ids
+            part = np.argpartition(key, count, axis=1)[:, : count + 1]
+            order = np.take_along_axis(part, np.argsort(np.take_along_axis(key, part, 1), axis=1), 1)
+        else:
+            order = np.lexsort((np.broadcast_to(ids, dist.shape), dist), axis=1)
         out[rows] = order[:, 1 : count + 1]
     return out
 
