@@ -21,7 +21,7 @@ import numpy as np
 
 from .errors import EdgeError
 from .formats.graph import QUANTIZER_SCOPE
-from .formats.manifest import codebook_sha256
+from .formats.manifest import CODEBOOK_FILE, codebook_sha256
 from .manifest import Manifest
 
 DEFAULT_MARGIN = 0.1  # what a bare --stable-tokens uses; docs/BENCHMARKS.md ("Stable tokens") has the measurements
@@ -58,12 +58,25 @@ def with_latents_output(path) -> tuple[bytes, str]:
 
 
 def load_codebook(manifest: Manifest) -> np.ndarray:
-    """The K x D float32 codebook from the FP32 encoder graph, verified against ``manifest.codebook_sha256``."""
-    import onnx
-    from onnx import numpy_helper
-
-    path = manifest.path("fp32", "encoder")
+    """The K x D float32 codebook, verified against ``manifest.codebook_sha256``: from the model directory's
+    ``codebook.f32`` (numpy only), or in a directory exported before it was written, from the FP32 encoder graph
+    (needs the onnx package)."""
     shape = (manifest.codebook_size, manifest.code_dim)
+    raw = manifest.directory / CODEBOOK_FILE
+    if raw.is_file():
+        codebook = np.fromfile(raw, dtype="<f4")
+        if codebook.size == shape[0] * shape[1] and codebook_sha256(codebook) == manifest.codebook_sha256:
+            return codebook.reshape(shape)
+        raise EdgeError(f"{raw} is not the codebook the manifest's codebook_sha256 names: re-run provq-export")
+    try:
+        import onnx
+        from onnx import numpy_helper
+    except ImportError:
+        raise EdgeError(
+            f"{manifest.directory} has no {CODEBOOK_FILE} and the onnx package to read the codebook from the graph "
+            "is not installed: pip install onnx, or export the model again with this provq (it writes the file)"
+        ) from None
+    path = manifest.path("fp32", "encoder")
     for init in onnx.load(str(path)).graph.initializer:
         array = numpy_helper.to_array(init)
         for candidate in (array, array.T) if array.ndim == 2 else ():

@@ -5,7 +5,10 @@ real photo with sensor noise."""
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -260,3 +263,24 @@ def test_stable_tokens_hold_ids_within_the_margin(static_scene: dict[str, np.nda
     assert after < 0.5 * before
     with pytest.raises(EdgeError, match="margin"):
         StableTokens(codebook, -0.1)
+
+
+def test_the_codebook_loads_from_its_file_without_onnx(tmp_path: Path) -> None:
+    """The shipped model directory's codebook.f32 is the fingerprinted codebook and reads without onnx (the Jetson
+    runtime need not have it); a directory without the file falls back to the graph; a wrong file is one line."""
+    code = (
+        "import sys; sys.modules['onnx'] = None\n"
+        "from provq.edge_runtime.manifest import load_manifest\n"
+        "from provq.edge_runtime.stable import load_codebook\n"
+        "print(load_codebook(load_manifest('default')).tobytes().hex()[:64])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == CODEBOOK.tobytes().hex()[:64]
+    copy = tmp_path / "model"
+    shutil.copytree(default_model_dir(), copy)
+    (copy / "codebook.f32").unlink()
+    assert np.array_equal(load_codebook(load_manifest(copy)), CODEBOOK)  # read from the FP32 encoder graph
+    (copy / "codebook.f32").write_bytes(CODEBOOK[::-1].tobytes())
+    with pytest.raises(EdgeError, match="is not the codebook the manifest's codebook_sha256 names"):
+        load_codebook(load_manifest(copy))

@@ -7,6 +7,8 @@ relies on and keeps any field it does not know, so a manifest round-trips unchan
 A model directory::
 
     manifest.json            this file
+    codebook.f32             the K x D codebook, raw float32 little-endian (sha256: the manifest's codebook_sha256);
+                             what token streams are coded against, read without onnx (absent before it was written)
     encoder.onnx             images N x 3 x H x W float32 RGB [-1, 1] -> ids N x H/ds x W/ds int32
     decoder.onnx             ids N x h x w int32 -> images N x 3 x h*ds x w*ds float32 RGB [-1, 1]
     encoder.fp16.onnx, decoder.fp16.onnx                     FP16 body, FP32 search, same inputs and outputs
@@ -42,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from .errors import EdgeError
-from .files import write_json_atomic
+from .files import write_bytes_atomic, write_json_atomic
 from .graph import IDS, IMAGES
 
 FORMAT = "provq-model"
@@ -59,6 +61,16 @@ FILE_SETS = (*PRECISIONS, CPU_INT8)
 INPUT = {"name": IMAGES, "layout": "NCHW", "channels": "RGB", "dtype": "float32", "range": [-1.0, 1.0]}
 OUTPUT = {"name": IDS, "layout": "N x H/ds x W/ds", "dtype": "int32"}
 TENSORS = {"encoder": {"input": IMAGES, "output": IDS}, "decoder": {"input": IDS, "output": IMAGES}}
+
+
+CODEBOOK_FILE = "codebook.f32"  # the K x D codebook, raw float32 little-endian: its sha256 is codebook_sha256
+
+
+def write_codebook(directory: Path, codebook: np.ndarray) -> Path:
+    """Write ``CODEBOOK_FILE`` (K x D float32 little-endian, raw) into a model directory, atomically."""
+    path = directory / CODEBOOK_FILE
+    write_bytes_atomic(path, np.ascontiguousarray(codebook, dtype="<f4").tobytes())
+    return path
 
 
 def codebook_sha256(codebook: np.ndarray) -> str:
