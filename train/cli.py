@@ -189,6 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
         "training with INT8 fake quantization (NVIDIA ModelOpt); the fake-quantized network becomes the model of "
         "record. Steps count from 0; use a low --lr (1e-4)",
     )
+    p.add_argument(
+        "--qat-ranges",
+        default=d.qat_ranges,
+        choices=("percentile", "max"),
+        help="--qat's activation ranges: the 99.99th percentile of |x| or its maximum (default: %(default)s)",
+    )
     p.add_argument("--stop-at", type=int, default=None, help="checkpoint and stop at this step; --resume continues")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p

@@ -38,6 +38,8 @@ KEY = "qat"  # the checkpoint entry
 VERSION = 1
 AMAX = "_amax"  # TensorQuantizer's buffer name in the state dict
 CALIBRATION_BATCHES = 16  # batches of training crops the activation ranges are calibrated on
+RANGES = ("max", "percentile")  # activation ranges: the largest magnitude, or ModelOpt's histogram percentile (below)
+PERCENTILE = 99.99  # of the activation magnitudes: finer INT8 steps than max, rare outliers clipped
 # Modules that compute a convolution, in the sense of the exported graph's Conv nodes (fixed-weight ones included)
 CONV_MODULES = (nn.Conv2d, stems.HaarAnalysis, stems.HaarHead, stems.DownShortcut, stems.UpShortcut)
 INSTALL = "quantization-aware models need NVIDIA ModelOpt: pip install 'provq[train]' (nvidia-modelopt)"
@@ -126,33 +128,54 @@ def quantized_modules(model: nn.Module) -> dict[str, dict[str, torch.Tensor]]:
     return out
 
 
-def quantize(model: Tokenizer, batches: Iterable[torch.Tensor]) -> dict[str, Any]:
-    """Insert ModelOpt's fake quantizers into ``model`` (in place) and calibrate them with max calibration on
-    ``batches`` (B x 3 x H x W training crops in [-1, 1]); returns the QAT state for the checkpoint."""
+def quantize(model: Tokenizer, batches: Iterable[torch.Tensor], ranges: str = RANGES[0]) -> dict[str, Any]:
+    """Insert ModelOpt's fake quantizers into ``model`` (in place) and calibrate them on ``batches`` (B x 3 x H x W
+    training crops in [-1, 1]): weights by max, activations by ``ranges`` (RANGES); returns the QAT state."""
     mtq = _mtq()
+    if ranges not in RANGES:
+        raise ProvqError(f"unknown --qat-ranges {ranges!r}: use one of {', '.join(RANGES)}")
+    batches = list(batches)
     kept = kept_fp32(model)
     convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     skipped = {n: p for n, p in default_exclusions(convs).items() if n not in kept}
     if skipped:
         raise ProvqError(f"ModelOpt's INT8 default config would skip {skipped}: rename the modules")
-    frames = 0
+    frames = sum(x.shape[0] for x in batches)
 
     def forward_loop(m: nn.Module) -> None:
-        nonlocal frames
         with torch.no_grad():
             for x in batches:
                 m.decode(m.encode(x))
-                frames += x.shape[0]
 
     mtq.quantize(model, quant_config(kept), forward_loop=forward_loop)
+    if ranges == "percentile":
+        _percentile_ranges(model, forward_loop)
     quantized = quantized_modules(model)
     expected = {n for n in convs if n not in kept and not _inside_haar_head(model, n)}
     if set(quantized) != expected:
         raise ProvqError(f"quantizers landed on {sorted(quantized)}, expected {sorted(expected)}: report it")
-    log.info("QAT: %d Convs fake-quantized INT8 (%s), %d kept FP32 (%s); ranges calibrated (max) on %d crops",
-             len(quantized), ", ".join(quantized), len(kept), ", ".join(kept), frames)  # fmt: skip
+    log.info("QAT: %d Convs fake-quantized INT8 (%s), %d kept FP32 (%s); ranges calibrated (%s) on %d crops",
+             len(quantized), ", ".join(quantized), len(kept), ", ".join(kept), ranges, frames)  # fmt: skip
+    method = {"weights": "max", "activations": ranges} | ({"percentile": PERCENTILE} if ranges == "percentile" else {})
     return {"version": VERSION, "kept_fp32": kept, "quantized": sorted(quantized),
-            "calibration": {"method": "max", "crops": frames}, "modelopt_state": _modelopt_state(model)}  # fmt: skip
+            "calibration": {**method, "crops": frames}, "modelopt_state": _modelopt_state(model)}  # fmt: skip
+
+
+def _percentile_ranges(model: nn.Module, forward_loop: Any) -> None:
+    """Replace the input quantizers' max ranges by the PERCENTILE-th percentile of |x| (ModelOpt's
+    HistogramCalibrator, 2048 bins) over the same calibration crops."""
+    from modelopt.torch.quantization.calib import HistogramCalibrator
+
+    inputs = [q for n, q in model.named_modules() if n.endswith("input_quantizer") and q.is_enabled]
+    for q in inputs:
+        q._calibrator = HistogramCalibrator(num_bits=8, axis=None, unsigned=False)
+        q.disable_quant()
+        q.enable_calib()
+    forward_loop(model)
+    for q in inputs:
+        q.load_calib_amax("percentile", percentile=PERCENTILE)
+        q.disable_calib()
+        q.enable_quant()
 
 
 def _modelopt_state(model: nn.Module) -> dict[str, Any]:

@@ -79,6 +79,7 @@ class TrainConfig:
     margin: float = 0.5  # target depth of each latent in its code's cell (quantizer.code_depth: 1 at the code)
     restart_dead_codes_every: int = 0  # move codes unused for this many steps onto live latents; 0 = off
     qat: bool = False  # quantization-aware fine-tune of --resume's trained model (qat.py): steps count from 0 again
+    qat_ranges: str = "max"  # how the QAT phase calibrates activation ranges: percentile or max (qat.RANGES)
     quantizer: str = "vq"  # vq (provq's own), or a study peer from vector-quantize-pytorch: vqtorch or fsq
     kmeans_points: int = 0  # latent vectors for the k-means init over all ranks; 0 = 20 x codebook size
     val_size: int = 256  # validation frames are centre-cropped to at most this size
@@ -259,7 +260,7 @@ class Trainer:
             ) from None
         if start_qat:  # calibrate the INT8 ranges on training crops, then train the fake-quantized network
             crops = self.data.batches(0, 32, stream=2, stop=qat.CALIBRATION_BATCHES, device=self.ctx.device)
-            self.qat_state = qat.quantize(self.model, crops)
+            self.qat_state = qat.quantize(self.model, crops, self.cfg.qat_ranges)
             self.optimizer = torch.optim.AdamW(
                 self.model.parameters(), lr=self.cfg.lr, betas=(0.9, 0.95), weight_decay=self.cfg.weight_decay
             )
