@@ -42,7 +42,18 @@ EXTRAS = {
     # Workstation side: training, the study and ONNX export. Any torch >= 2.4 works; CI pins torch==2.13.0.
     # wids (the WebDataset project's indexed tar reader) gives random access to tar shards; braceexpand expands
     # shard patterns such as shards/{000000..000099}.tar.
-    "train": ["torch>=2.4", "tqdm>=4.60", "onnx>=1.15", "wids>=0.1.11", "braceexpand>=0.1.7"],
+    # nvidia-modelopt: quantization-aware training (provq-train --qat) and loading its checkpoints, the default model
+    # among them; its torch package also imports requests and huggingface_hub without declaring them (0.47.0).
+    "train": [
+        "torch>=2.4",
+        "tqdm>=4.60",
+        "onnx>=1.15",
+        "wids>=0.1.11",
+        "braceexpand>=0.1.7",
+        "nvidia-modelopt>=0.47.0",
+        "requests>=2.28",
+        "huggingface_hub>=0.24",
+    ],
     # What a Jetson needs beyond the base: CUDA bindings for the TensorRT backend, zstd for token streams.
     "edge": ["cuda-python>=12.0", "zstandard>=0.21"],
     # The training study's peers (vector-quantize-pytorch's VectorQuantize and FSQ) and its plot.

@@ -23,7 +23,8 @@ import onnx
 from provq.edge_runtime import manifest as mf
 from provq.edge_runtime.errors import EdgeError
 from provq.edge_runtime.formats.files import atomic_path, sha256_file
-from provq.edge_runtime.formats.graph import POST_QUANT_PROJ_SCOPE, QUANT_PROJ_SCOPE, QUANTIZER_SCOPE
+from provq.edge_runtime.formats.graph import QUANTIZER_SCOPE
+from provq.edge_runtime.formats.int8_rules import ALWAYS_FP32, keep_fp32
 from provq.edge_runtime.formats.manifest import write_manifest
 from provq.export.fp16_graph import rounding_emulation
 
@@ -36,28 +37,6 @@ log = logging.getLogger("provq.calibrate")
 CACHE = "calibration-cache"
 REPORT = "calibration.json"
 ENGINES = ("ort", "modelopt")
-# Convs that stay FP32, and why (measured in docs/INT8.md): the nearest-code search needs its latents exact, and the
-# decoder's last Conv (found in the graph, see default_keep_fp32) writes the image.
-DEFAULT_KEEP_FP32 = {
-    "encoder": {
-        f"{QUANT_PROJ_SCOPE}Conv": "projects to the code space right before the nearest-code search; its rounding "
-        "flips ids",
-    },
-    "decoder": {
-        f"{POST_QUANT_PROJ_SCOPE}Conv": "reads the codebook vectors straight from the lookup; a 1x1 conv from 8 "
-        "channels, cheap in FP32, so the codes enter the decoder exactly",
-    },
-}
-LAST_CONV_WHY = (
-    "writes the output image: INT8 on its input cost 0.13 of the INT8 decoder's 0.23 dB on bikes.mp4 (docs/INT8.md); "
-    "32 -> 3 channels, cheap in FP32"
-)
-HAAR_WHY = (
-    "the Haar stem's analysis and the first learned Conv, which reads its bands: the low band carries local pixel "
-    "sums (up to +-4), the detail bands values near 0, so one per-tensor INT8 scale wipes out the detail "
-    "(docs/INT8.md); 7% of the encoder's MACs"
-)
-ALWAYS_FP32 = f"nearest-code search and codebook lookup ({QUANTIZER_SCOPE}*): never quantized, ids must not flip"
 
 
 @dataclass
@@ -73,21 +52,20 @@ class CalibrationConfig:
     keep_fp32: dict[str, dict[str, str]] | None = None  # {part: {Conv name: why}}; None = default_keep_fp32()
 
 
-def _convs(manifest: mf.Manifest, part: str) -> list[str]:
-    graph = onnx.load(str(manifest.path("fp32", part)), load_external_data=False).graph
+def conv_names(path: Path) -> list[str]:
+    """Names of the Conv nodes of an ONNX file, in graph order."""
+    graph = onnx.load(str(path), load_external_data=False).graph
     return [node.name for node in graph.node if node.op_type == "Conv"]
 
 
+def _convs(manifest: mf.Manifest, part: str) -> list[str]:
+    return conv_names(manifest.path("fp32", part))
+
+
 def default_keep_fp32(manifest: mf.Manifest) -> dict[str, dict[str, str]]:
-    """DEFAULT_KEEP_FP32 plus the decoder's last Conv and, for a Haar stem, the encoder's first two Convs, named as in
-    this model's graphs."""
-    keep = {part: dict(nodes) for part, nodes in DEFAULT_KEEP_FP32.items()}
-    decoder = _convs(manifest, "decoder")
-    if decoder:
-        keep["decoder"][decoder[-1]] = LAST_CONV_WHY
-    if manifest.data.get("model_config", {}).get("stem") == "haar":
-        keep["encoder"].update(dict.fromkeys(_convs(manifest, "encoder")[:2], HAAR_WHY))
-    return keep
+    """The Convs that stay FP32 in this model's graphs, and why (``formats.int8_rules.keep_fp32``)."""
+    stem = manifest.data.get("model_config", {}).get("stem")
+    return keep_fp32(_convs(manifest, "encoder"), _convs(manifest, "decoder"), stem)
 
 
 def _check(cfg: CalibrationConfig) -> None:
@@ -209,6 +187,11 @@ def calibrate(model_dir: str | Path, cfg: CalibrationConfig, *, recalibrate: boo
     """Calibrate (or reuse a cached calibration) and install the INT8 files; returns the calibration report."""
     _check(cfg)
     manifest = mf.load_manifest(model_dir)
+    if manifest.model_of_record != "fp32":
+        raise EdgeError(
+            f"{manifest.directory} is a quantization-aware model: its INT8 scales were trained with it (provq-train "
+            "--qat) and its int8 files come from provq-export; calibrating would replace its model of record"
+        )
     for part in mf.PARTS:
         manifest.verify(manifest.path("fp32", part))
     if cfg.keep_fp32 is None:

@@ -161,7 +161,7 @@ class OnnxRuntimeBackend:
         return ids, z
 
     def describe(self) -> str:
-        files = ", QOperator int8-cpu files" if CPU_INT8 in self.file_sets.values() else ""
+        files = f", {CPU_INT8} files (ONNX Runtime's integer operators)" if CPU_INT8 in self.file_sets.values() else ""
         return f"{self.name} {_describe_precisions(self.parts)} ({', '.join(self.providers)}{files})"
 
     def close(self) -> None:

@@ -18,7 +18,9 @@ What one run does:
              spread is the interquartile range and the median absolute deviation; fps = B * 1000 / median.
     quality  reconstructions (``from_model_output``: uint8, at model size) against the input frames at model size:
              PSNR and SSIM per frame (``quality.py``), averaged over frames.
-    tokens   agreement = share of ids equal to the reference (ONNX Runtime FP32) ids of the same frames; bytes per
+    tokens   agreement = share of ids equal to the model of record's ids of the same frames (the manifest's
+             ``model_of_record``: ONNX Runtime FP32, or for a quantization-aware model its Q/DQ INT8 files run as
+             written, which compute the fake-quantized network it was trained as); bytes per
              frame of the real token stream (TokenStreamWriter, codec ctx, 30 frames a chunk), chunks only (the
              one-off header excluded), plain (every frame a keyframe) and previous-frame coded.
     codecs   JPEG and WebP (cv2.imencode) at the quality whose mean bytes per frame is nearest the tokenizer's
@@ -60,7 +62,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .backends import Backend, OnnxRuntimeBackend
+from .backends import Backend, OnnxRuntimeBackend, cpu_session
 from .bench_backends import SPLITS, Unavailable, open_row_backend
 from .bench_codecs import codec_baselines
 from .bench_env import environment, memory_mb
@@ -288,7 +290,18 @@ def run_row(
 
 
 def reference_ids(manifest: Manifest, clip: Clip, threads: int | None) -> np.ndarray | None:
-    """ONNX Runtime FP32 ids of every frame (untimed), for runs that do not benchmark that row; None if it fails."""
+    """The model of record's ids of every frame (untimed; module docstring), for runs that do not benchmark its row;
+    None if it fails."""
+    if manifest.model_of_record != "fp32":
+        try:
+            path = manifest.path(manifest.model_of_record, "encoder")
+            manifest.verify(path)
+            session = cpu_session(path, exact=True)
+        except EdgeError:
+            return None
+        names = manifest.tensor_names("encoder")
+        ids = [session.run([names[1]], {names[0]: clip.model_input(call)})[0] for call in range(clip.calls)]
+        return np.concatenate(ids).astype(np.int32, copy=False)
     try:
         backend = OnnxRuntimeBackend(manifest, "fp32", threads=threads)
     except EdgeError:
@@ -338,10 +351,11 @@ def run_benchmark(config: BenchConfig, progress: Callable[[str], None] | None = 
     names = [(b, p) for b in config.backends for p in config.precisions]
     order = sorted(names, key=lambda name: name != REFERENCE)  # the reference row first: its ids score the others
     rows: dict[tuple[str, str], dict[str, Any]] = {}
-    reference = None if REFERENCE in names else reference_ids(manifest, clip, config.threads)
+    record = REFERENCE if manifest.model_of_record == "fp32" else None  # the row whose ids score the others
+    reference = None if record in names else reference_ids(manifest, clip, config.threads)
     for name in order:
         rows[name], ids = run_row(manifest, name, config, clip, reference)
-        if name == REFERENCE and ids is not None:
+        if name == record and ids is not None:
             reference = ids
             rows[name]["token_agreement"] = 1.0  # the reference agrees with itself
         rt = rows[name]["latency_ms_p50"]
@@ -373,7 +387,7 @@ def run_benchmark(config: BenchConfig, progress: Callable[[str], None] | None = 
         "version": 1,
         "config": setup,
         "environment": environment(config.threads),
-        "reference": "/".join(REFERENCE),
+        "reference": "/".join(REFERENCE) if record else f"{manifest.model_of_record} Q/DQ files run as written",
         "rows": ordered,
         "codecs": codecs,
         "codec_target": None if target_row is None else f"{target_row['backend']}/{target_row['precision']}",

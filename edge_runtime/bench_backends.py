@@ -22,11 +22,12 @@ class Unavailable(Exception):
 
 
 class _TorchBackend:
-    """The checkpoint a model was exported from, in PyTorch eager mode (FP32; CUDA when available, else CPU)."""
+    """The checkpoint a model was exported from, in PyTorch eager mode (CUDA when available, else CPU): its model of
+    record, FP32 or, for a quantization-aware checkpoint, the INT8 fake-quantized network."""
 
-    def __init__(self, model: Any, torch: Any, checkpoint: Path) -> None:
+    def __init__(self, model: Any, torch: Any, checkpoint: Path, precision: str) -> None:
         self.name = "pytorch"
-        self.precision = "fp32"
+        self.precision = precision
         self.max_batch = None
         self._torch = torch
         self._device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -46,7 +47,8 @@ class _TorchBackend:
         return images.float().cpu().numpy()
 
     def describe(self) -> str:
-        return f"pytorch {self._torch.__version__} fp32 on {self._device} ({self._checkpoint.name})"
+        kind = "fp32" if self.precision == "fp32" else f"{self.precision} fake-quantized"
+        return f"pytorch {self._torch.__version__} {kind} on {self._device} ({self._checkpoint.name})"
 
     def close(self) -> None:
         self._model = None
@@ -54,12 +56,12 @@ class _TorchBackend:
 
 def _open_pytorch(manifest: Manifest, precision: str, threads: int | None) -> _TorchBackend:
     """The checkpoint named in the manifest's ``source``; Unavailable without torch or without that checkpoint."""
-    if precision != "fp32":
-        raise Unavailable("the pytorch row runs fp32 only")
     try:
         import torch
     except ImportError:
         raise Unavailable("torch not installed") from None
+    if precision != manifest.model_of_record:
+        raise Unavailable(f"the pytorch row runs the model of record only ({manifest.model_of_record})")
     try:
         from provq.train import checkpoint as ckpt
     except ImportError as err:
@@ -83,7 +85,7 @@ def _open_pytorch(manifest: Manifest, precision: str, threads: int | None) -> _T
         model = ckpt.load_tokenizer(found)
     except ProvqError as err:
         raise Unavailable(str(err)) from None
-    return _TorchBackend(model, torch, found)
+    return _TorchBackend(model, torch, found, precision)
 
 
 def open_row_backend(manifest: Manifest, backend: str, precision: str, threads: int | None) -> Backend:

@@ -88,6 +88,12 @@ class Manifest:
         """Precisions with ONNX files in this directory (fp32 always; int8 after calibration)."""
         return [p for p in self.fields.files if p in PRECISIONS]
 
+    @property
+    def model_of_record(self) -> str:
+        """The precision whose ids are this model's tokens: "fp32", or "int8" for a quantization-aware model (its
+        Q/DQ files, run as written, compute the fake-quantized network it was trained as)."""
+        return self.fields.model_of_record or "fp32"
+
     def has(self, file_set: str) -> bool:
         """Whether the manifest lists this file set (a precision, or CPU_INT8)."""
         return file_set in self.fields.files

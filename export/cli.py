@@ -58,7 +58,15 @@ def _export(args: argparse.Namespace) -> int:
     )
     compute = manifest.gmac_per_megapixel
     print(f"compute: encoder {compute['encoder']:.1f}, decoder {compute['decoder']:.1f} GMAC per megapixel (ONNX)")
-    print(f"next: provq-calibrate {args.out} --data FRAMES --frames 300   (INT8 files for TensorRT and the CPU)")
+    if manifest.model_of_record == "int8":
+        print(
+            f"wrote {args.out}/encoder.int8.onnx, decoder.int8.onnx (Q/DQ, TensorRT) and the int8-cpu files with the "
+            f"trained scales; ids equal to the model of record's (PyTorch): Q/DQ "
+            f"{parity['int8']['token_agreement']:.2%}, int8-cpu {parity['int8-cpu']['token_agreement']:.2%}"
+        )
+        print(f"next: provq-export check {args.out}   (the INT8 model of record needs no provq-calibrate)")
+    else:
+        print(f"next: provq-calibrate {args.out} --data FRAMES --frames 300   (INT8 files for TensorRT and the CPU)")
     return 0
 
 

@@ -31,19 +31,20 @@ from provq.edge_runtime.backends import cpu_session
 from provq.edge_runtime.formats.errors import ProvqError
 from provq.edge_runtime.formats.files import sha256_file
 from provq.edge_runtime.formats.graph import IDS, IMAGES
-from provq.edge_runtime.formats.manifest import ModelManifest, write_manifest
+from provq.edge_runtime.formats.manifest import ModelManifest, write_codebook, write_manifest
 from provq.edge_runtime.formats.manifest import codebook_sha256 as fingerprint
 from provq.edge_runtime.formats.media import IMAGE_EXTENSIONS
 from provq.edge_runtime.formats.versions import package_versions
 from provq.edge_runtime.preprocess import prepare, resize_to
 from provq.edge_runtime.quality import psnr_from_mse
-from provq.train import checkpoint
+from provq.train import checkpoint, qat
 from provq.train.data import read_image, sample_dir
 from provq.train.model import Tokenizer
 
 from .fp16_graph import convert_to_fp16, rounding_emulation
 from .graphs import DecoderGraph, EncoderGraph
 from .macs import count_macs
+from .qat_export import check_int8, write_int8
 
 OPSET = 17
 MIN_TOKEN_PARITY = 0.999  # ONNX Runtime FP32 ids equal to PyTorch's on at least this share of positions
@@ -190,7 +191,8 @@ def export_model(ckpt: str | Path, out: str | Path) -> mf.Manifest:
     out = Path(out).expanduser()
     _prepare_out(out)
     state = checkpoint.load(ckpt)
-    model = checkpoint.load_tokenizer(ckpt)
+    model = checkpoint.load_tokenizer(ckpt, fake_quant=False)  # the FP32 network (a QAT model without quantizers)
+    record = checkpoint.load_tokenizer(ckpt) if state.get(qat.KEY) else None  # QAT: the fake-quantized network
     if not bool(model.quantizer.initialized):
         raise ProvqError(f"{checkpoint.resolve(ckpt)} was saved before its codebook was set: train past the warm-up")
     cfg = model.config
@@ -212,6 +214,19 @@ def export_model(ckpt: str | Path, out: str | Path) -> mf.Manifest:
                 message = f"the FP16 version of {src.name} is invalid ({first}): report it with the checkpoint"
                 raise ProvqError(message) from None
         parity["fp16"] = check_fp16((encoder_path, decoder_path), half, ds)
+        files = {
+            "fp32": {"encoder": encoder_path.name, "decoder": decoder_path.name},
+            "fp16": {"encoder": half[0].name, "decoder": half[1].name},
+        }
+        int8 = None
+        if record is not None:  # the trained scales: INT8 files without calibration, checked against PyTorch
+            files |= write_int8(record, {"encoder": encoder_path, "decoder": decoder_path}, staging)
+            figures = check_int8(record, staging, files, _parity_batches(ds))
+            parity |= figures["parity"]
+            qat_state = state[qat.KEY]
+            int8 = {"method": "qat", "engine": "modelopt", "frames": qat_state["calibration"]["crops"],
+                    "data": state.get("train_config", {}).get("data"), "kept_fp32": qat_state["kept_fp32"],
+                    **figures["fp32_vs_record"]}  # fmt: skip
         source = checkpoint.resolve(ckpt)
         fields = ModelManifest(
             preset=state.get("preset"),
@@ -221,11 +236,8 @@ def export_model(ckpt: str | Path, out: str | Path) -> mf.Manifest:
             code_dim=cfg.code_dim,
             codebook_sha256=codebook_sha256(model.quantizer.codebook),
             opset=OPSET,
-            files={
-                "fp32": {"encoder": encoder_path.name, "decoder": decoder_path.name},
-                "fp16": {"encoder": half[0].name, "decoder": half[1].name},
-            },
-            sha256={p.name: sha256_file(p) for p in (encoder_path, decoder_path, *half)},
+            files=files,
+            sha256={name: sha256_file(staging / name) for parts in files.values() for name in parts.values()},
             exported_with=package_versions(EXPORTED_WITH),
             source={"checkpoint": source.name, "checkpoint_sha256": sha256_file(source), "step": state.get("step")},
             parity=parity,
@@ -233,7 +245,10 @@ def export_model(ckpt: str | Path, out: str | Path) -> mf.Manifest:
                 part: round(count_macs(path, *MACS_SIZE, downsample=ds).gmac_per_megapixel, 4)
                 for part, path in (("encoder", encoder_path), ("decoder", decoder_path))
             },
+            int8=int8,
+            model_of_record=None if record is None else "int8",
         )
+        write_codebook(staging, model.quantizer.codebook.detach().cpu().float().numpy())
         write_manifest(staging, fields)
         _move_into_place(staging, out)
     finally:

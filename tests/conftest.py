@@ -83,12 +83,17 @@ def unseen_photo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The default model exported to ONNX once per session (provq-export default --out DIR)."""
+    """The default model's FP32 network exported to ONNX once per session: the shipped checkpoint less its
+    quantization-aware state (the same weights), which is what provq-calibrate's post-training INT8 starts from."""
     from provq.export.onnx_export import export_model
+    from provq.train import checkpoint, qat
 
-    out = tmp_path_factory.mktemp("export") / "tiny"
-    export_model("default", out)
-    return out
+    folder = tmp_path_factory.mktemp("export")
+    state = checkpoint.load("default")
+    state["model"], state[qat.KEY] = qat.without_quantizers(state["model"]), None
+    checkpoint.save_atomic(state, folder / "default-fp32.pt")
+    export_model(folder / "default-fp32.pt", folder / "tiny")
+    return folder / "tiny"
 
 
 @pytest.fixture(scope="session")

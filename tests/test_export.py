@@ -41,7 +41,7 @@ def test_manifest_describes_the_export(exported: Path) -> None:
     assert data["input"] == {"name": "images", "layout": "NCHW", "channels": "RGB", "dtype": "float32",
                              "range": [-1.0, 1.0]}  # fmt: skip
     assert data["parity"]["token_agreement"] >= 0.999 and data["parity"]["decoder_max_abs_diff"] < 1e-3
-    tok = load_tokenizer("default")
+    tok = load_tokenizer("default", fake_quant=False)  # the FP32 network the fixture exported
     codebook = tok.quantizer.codebook.detach().numpy().astype("<f4")
     import hashlib
 
@@ -52,7 +52,7 @@ def test_manifest_describes_the_export(exported: Path) -> None:
 
 
 def test_onnx_runtime_ids_match_pytorch_on_unseen_photos(exported: Path, unseen_photo_dir: Path) -> None:
-    tok = load_tokenizer("default")
+    tok = load_tokenizer("default", fake_quant=False)  # the FP32 network the fixture exported
     encoder = _session(exported / "encoder.onnx")
     decoder = _session(exported / "decoder.onnx")
     same = total = 0

@@ -68,14 +68,14 @@ def test_the_shipped_manifest_reads_and_writes_back_byte_for_byte(tmp_path: Path
 
 def test_older_manifests_and_unknown_fields_load(tmp_path: Path) -> None:
     data_ = json.loads((default_model_dir() / NAME).read_text())
-    for key in ("gmac_per_megapixel", "int8", "parity", "exported_with"):  # fields added over time
+    for key in ("gmac_per_megapixel", "int8", "parity", "exported_with", "model_of_record"):  # added over time
         del data_[key]
     del data_["files"]["fp16"], data_["files"]["int8"], data_["files"]["int8-cpu"]
     data_["recorded_later"] = {"kept": True}
     (tmp_path / NAME).write_text(json.dumps(data_))
     fields = read_manifest(tmp_path)
     assert fields.gmac_per_megapixel is None and fields.int8 is None and list(fields.files) == ["fp32"]
-    assert fields.to_json() == data_
+    assert fields.model_of_record is None and fields.to_json() == data_
 
 
 def test_the_writer_refuses_what_the_reader_would_refuse(tmp_path: Path) -> None:
@@ -83,6 +83,8 @@ def test_the_writer_refuses_what_the_reader_would_refuse(tmp_path: Path) -> None
     (tmp_path / NAME).write_text("previous")
     with pytest.raises(EdgeError, match="no fp32 files"):
         write_manifest(tmp_path, replace(fields, files={"fp16": fields.files["fp16"]}))
+    with pytest.raises(EdgeError, match="model_of_record 'int8' names no file set"):
+        write_manifest(tmp_path, replace(fields, files={"fp32": fields.files["fp32"]}))  # the shipped record is int8
     with pytest.raises(EdgeError, match="not a plain name"):
         write_manifest(tmp_path, replace(fields, files={"fp32": {"encoder": "../e.onnx", "decoder": "d.onnx"}}))
     assert (tmp_path / NAME).read_text() == "previous" and [p.name for p in tmp_path.iterdir()] == [NAME]

@@ -3,7 +3,7 @@
 A checkpoint is a dict of plain types and tensors:
     format "provq-checkpoint", version, preset, model_config (ModelConfig.to_dict), schedule (Schedule.to_dict),
     step, model (state dict), optimizer, discriminator / disc_optimizer (or None), train_config, rng, nan_steps,
-    metrics. ``default`` names the tiny model shipped with provq.
+    metrics, and qat (quantization-aware checkpoints only: qat.py). ``default`` names the tiny model shipped with provq.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import torch
 
 from provq.edge_runtime.formats.files import atomic_path
 
+from . import qat
 from .errors import ProvqError
 from .model import Tokenizer
 from .presets import ModelConfig
@@ -69,12 +70,22 @@ def load(path: str | Path) -> dict[str, Any]:
     return state
 
 
-def load_tokenizer(path: str | Path = "default") -> Tokenizer:
-    """A Tokenizer in eval mode rebuilt from a checkpoint's own model arguments (``default``: the shipped model)."""
+def load_tokenizer(path: str | Path = "default", *, fake_quant: bool = True) -> Tokenizer:
+    """A Tokenizer in eval mode rebuilt from a checkpoint's own model arguments (``default``: the shipped model).
+
+    A quantization-aware checkpoint (``provq-train --qat``) gives its model of record: the fake-quantized network
+    whose ``encode`` gives the deployed INT8 ids (``qat.py``); ``fake_quant=False`` gives the same weights without
+    the quantizers (what the FP32 ONNX files compute).
+    """
     state = load(path)
     model = Tokenizer(ModelConfig.from_dict(state["model_config"]))
+    weights = state["model"]
+    if state.get(qat.KEY) and fake_quant:
+        qat.restore(model, state[qat.KEY])
+    elif state.get(qat.KEY):
+        weights = qat.without_quantizers(weights)
     try:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(weights)
     except (RuntimeError, KeyError) as err:
         raise ProvqError(
             f"{resolve(path)}: weights do not match its model arguments ({str(err).splitlines()[0][:120]})"

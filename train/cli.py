@@ -6,6 +6,7 @@ Examples:
     provq-train --data clip.mp4 --schedule hard --steps 300 --out runs/hard        # the baseline
     provq-train --data 'shards/{000000..000099}.tar' --workers 8 --steps 100000 --out runs/big
     provq-train --data ~/photos --steps 6000 --out runs/photos --resume runs/photos/last.pt
+    provq-train --qat --resume default --data ~/photos --steps 1000 --lr 1e-4 --out runs/qat   # INT8-aware
     torchrun --nproc-per-node 4 -m provq.train.cli --data /data/frames --preset small --device cuda --out runs/s
 """
 
@@ -180,6 +181,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume",
         default=None,
         help="continue from a checkpoint (last.pt), or 'default' to fine-tune the shipped model",
+    )
+    p.add_argument(
+        "--qat",
+        action="store_true",
+        help="quantization-aware fine-tune of --resume's trained model: INT8 ranges calibrated on --data, then "
+        "training with INT8 fake quantization (NVIDIA ModelOpt); the fake-quantized network becomes the model of "
+        "record. Steps count from 0; use a low --lr (1e-4)",
+    )
+    p.add_argument(
+        "--qat-ranges",
+        default=d.qat_ranges,
+        choices=("percentile", "max"),
+        help="--qat's activation ranges: the 99.99th percentile of |x| or its maximum (default: %(default)s)",
     )
     p.add_argument("--stop-at", type=int, default=None, help="checkpoint and stop at this step; --resume continues")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -48,6 +48,17 @@ def simulated_int8(convs: Iterable[nn.Conv2d]) -> Iterator[None]:
             del conv.forward
 
 
+def int8_consistency(model: nn.Module, x: torch.Tensor, z: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Mean squared distance between the simulated-INT8 and FP32 latents of a Tokenizer, in units of each code's half
+    spacing (``--int8-weight``). Latents that move less than that under INT8 rounding keep their ids; quant_proj
+    stays FP32, as in provq-calibrate's default."""
+    convs = [m for m in model.encoder.modules() if isinstance(m, nn.Conv2d)]
+    with simulated_int8(convs):
+        z8 = model.quant_proj(model.encoder(x))
+    half = half_code_spacing(model.quantizer.codebook)[ids.long()]  # B x h x w
+    return ((z8.float() - z.float()).pow(2).sum(1) / half.pow(2)).mean()
+
+
 def half_code_spacing(codebook: torch.Tensor) -> torch.Tensor:
     """K: half the distance from each code to its nearest other code (the radius of the ball inside its cell)."""
     gaps = torch.cdist(codebook.detach().float(), codebook.detach().float())

@@ -25,11 +25,11 @@ from tqdm import tqdm
 from provq.edge_runtime import console
 from provq.edge_runtime.formats.files import write_json_atomic
 
-from . import checkpoint, distributed, peer_quantizers
+from . import checkpoint, distributed, peer_quantizers, qat
 from .data import check_crop
 from .errors import ProvqError
 from .evaluation import evaluate, rank_digests
-from .int8_sim import half_code_spacing, simulated_int8
+from .int8_sim import int8_consistency
 from .losses import (
     PatchDiscriminator,
     PerceptualLoss,
@@ -78,6 +78,8 @@ class TrainConfig:
     margin_weight: float = 0.0  # weight of the code-margin term once quantized (keeps INT8 ids equal to FP32 ids)
     margin: float = 0.5  # target depth of each latent in its code's cell (quantizer.code_depth: 1 at the code)
     restart_dead_codes_every: int = 0  # move codes unused for this many steps onto live latents; 0 = off
+    qat: bool = False  # quantization-aware fine-tune of --resume's trained model (qat.py): steps count from 0 again
+    qat_ranges: str = "max"  # how the QAT phase calibrates activation ranges: percentile or max (qat.RANGES)
     quantizer: str = "vq"  # vq (provq's own), or a study peer from vector-quantize-pytorch: vqtorch or fsq
     kmeans_points: int = 0  # latent vectors for the k-means init over all ranks; 0 = 20 x codebook size
     val_size: int = 256  # validation frames are centre-cropped to at most this size
@@ -142,6 +144,13 @@ class Trainer:
         self.out = Path(cfg.out)
         self.ckpt_path = self.out / "last.pt"
         state = checkpoint.load(cfg.resume) if cfg.resume else None
+        self.qat_state = state.get(qat.KEY) if state is not None else None
+        start_qat = cfg.qat and self.qat_state is None  # a new QAT phase: fresh optimizer, steps from 0, hard VQ
+        if start_qat and (state is None or not bool(state["model"].get("quantizer.initialized", False))):
+            raise ProvqError(
+                "--qat fine-tunes a trained model: pass --resume with a provq-train checkpoint past its codebook "
+                "initialisation (or 'default')"
+            )
         if state is None and self.ckpt_path.exists():
             raise ProvqError(
                 f"{self.ckpt_path} already exists: pass --resume {self.ckpt_path} to continue, or choose another --out"
@@ -149,8 +158,9 @@ class Trainer:
         if state is not None:
             self.model_cfg = ModelConfig.from_dict(state["model_config"])
             self.preset = state["preset"]
-            self.schedule = Schedule.from_dict(state["schedule"])
-            self.step = int(state["step"])
+            self.step = 0 if start_qat else int(state["step"])
+            hard = Schedule(kind="hard", curve=cfg.curve, lam=cfg.lam)
+            self.schedule = hard if start_qat else Schedule.from_dict(state["schedule"])
             self.seed = int(state.get("train_config", {}).get("seed", cfg.seed))
             self.quantizer_kind = str(state.get("train_config", {}).get("quantizer", "vq"))
         else:
@@ -218,7 +228,7 @@ class Trainer:
         self.nan_steps = 0
         self.history: list[dict[str, float]] = []
         if state is not None:
-            self._restore(state)
+            self._restore(state, start_qat)
         elif self.schedule.kmeans_step is None:
             self.model.quantizer.initialized.fill_(True)  # the hard baseline trains its random codebook
         self.train_model: torch.nn.Module = self.model
@@ -239,13 +249,22 @@ class Trainer:
         except ValueError as err:
             raise ProvqError(str(err)) from None
 
-    def _restore(self, state: dict[str, Any]) -> None:
+    def _restore(self, state: dict[str, Any], start_qat: bool) -> None:
+        if self.qat_state is not None:
+            qat.restore(self.model, self.qat_state)
         try:
             self.model.load_state_dict(state["model"])
         except RuntimeError as err:
             raise ProvqError(
                 f"checkpoint weights do not fit the {self.preset} model: {str(err).splitlines()[0]}"
             ) from None
+        if start_qat:  # calibrate the INT8 ranges on training crops, then train the fake-quantized network
+            crops = self.data.batches(0, 32, stream=2, stop=qat.CALIBRATION_BATCHES, device=self.ctx.device)
+            self.qat_state = qat.quantize(self.model, crops, self.cfg.qat_ranges)
+            self.optimizer = torch.optim.AdamW(
+                self.model.parameters(), lr=self.cfg.lr, betas=(0.9, 0.95), weight_decay=self.cfg.weight_decay
+            )
+            return
         if state.get("optimizer") is not None:
             self.optimizer.load_state_dict(state["optimizer"])
         if self.disc is not None and state.get("discriminator") is not None:
@@ -273,6 +292,7 @@ class Trainer:
             "rng": {"torch": torch.get_rng_state()},
             "nan_steps": self.nan_steps,
             "history": self.history,
+            qat.KEY: self.qat_state,
         }
 
     def save(self) -> None:
@@ -311,18 +331,6 @@ class Trainer:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def _int8_consistency(self, x: torch.Tensor, z: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        """Mean squared distance between the simulated-INT8 and FP32 latents, in units of each code's half spacing.
-
-        Latents that move less than that under INT8 rounding keep their ids. quant_proj stays FP32, as in
-        provq-calibrate's default.
-        """
-        convs = [m for m in self.model.encoder.modules() if isinstance(m, torch.nn.Conv2d)]
-        with simulated_int8(convs):
-            z8 = self.model.quant_proj(self.model.encoder(x))
-        half = half_code_spacing(self.model.quantizer.codebook)[ids.long()]  # B x h x w
-        return ((z8.float() - z.float()).pow(2).sum(1) / half.pow(2)).mean()
-
     def train_step(self, x: torch.Tensor) -> dict[str, Any] | None:
         """One optimizer step on a B x 3 x crop x crop batch in [-1, 1]; None if skipped for non-finite values."""
         cfg, step = self.cfg, self.step
@@ -337,7 +345,7 @@ class Trainer:
             vq_loss = weight * (out.codebook_loss + self.model_cfg.beta * out.commitment_loss)
             loss = rec_loss + vq_loss
             if cfg.int8_weight and out.ids is not None:
-                loss = loss + cfg.int8_weight * self._int8_consistency(x, out.latents, out.ids)
+                loss = loss + cfg.int8_weight * int8_consistency(self.model, x, out.latents, out.ids)
             if cfg.margin_weight and out.ids is not None:
                 z = out.latents.float().permute(0, 2, 3, 1).reshape(-1, self.model_cfg.code_dim)
                 codebook = self.model.quantizer.codebook

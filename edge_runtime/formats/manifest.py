@@ -28,7 +28,10 @@ Fields (``ModelManifest``)::
     gmac_per_megapixel {encoder, decoder} (multiply-accumulates per frame megapixel, counted from the FP32 ONNX
     graphs by provq.export.macs; absent in manifests written before it was recorded),
     int8 {method, engine, frames, data, data_fingerprint, size, token_agreement, psnr_drop_db, fp16_encoder}
-    once calibrated
+    once calibrated (method "qat" for a quantization-aware model: its trained scales, no calibration),
+    model_of_record (the file set whose ids are the model's tokens, which every precision is compared with:
+    absent = "fp32"; "int8" for a quantization-aware model, whose fake-quantized network is the model of record and
+    whose Q/DQ files, run as written, compute it)
 
 File names are plain names inside the model directory: a manifest cannot point anywhere else.
 """
@@ -108,6 +111,7 @@ class ModelManifest:
     parity: dict[str, Any] | None = None
     gmac_per_megapixel: dict[str, float] | None = None
     int8: dict[str, Any] | None = None
+    model_of_record: str | None = None
     version: int = VERSION
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -144,6 +148,9 @@ class ModelManifest:
                 plain_name(name, where)
         if "fp32" not in data["files"]:
             raise EdgeError(f"{where}: no fp32 files listed; re-run provq-export")
+        record = data.get("model_of_record")
+        if record is not None and (record not in PRECISIONS or record not in data["files"]):
+            raise EdgeError(f"{where}: model_of_record {record!r} names no file set of this model; re-run provq-export")
         compute = data.get("gmac_per_megapixel")
         if compute is not None and not (
             isinstance(compute, dict)
@@ -165,6 +172,7 @@ class ModelManifest:
 _ORDER = (
     "preset", "model_config", "downsample", "codebook_size", "code_dim", "codebook_sha256", "input", "output",
     "tensors", "opset", "files", "sha256", "exported_with", "source", "parity", "gmac_per_megapixel", "int8",
+    "model_of_record",
 )  # fmt: skip
 
 

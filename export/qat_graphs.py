@@ -1,0 +1,129 @@
+"""INT8 ONNX graphs of a quantization-aware model (``provq-train --qat``) with its trained scales: no calibration.
+
+From the FP32 graph of the same weights and ``provq.train.qat.int8_layers`` (per fake-quantized Conv module: input
+scale, per-channel weight scale, int8 weights; scale = amax / 127), each of those Conv nodes, found by its weight
+initializer ``<module>.weight``, is rewritten; every other node stays as it is (the nearest-code search, the
+codebook lookup and the Convs the QAT rule keeps FP32):
+
+``qdq_graph`` (TensorRT's explicit quantization, and the model of record in ONNX)::
+
+    x -> QuantizeLinear(s_x, int8 0) -> DequantizeLinear -> Conv(DequantizeLinear(w_int8, s_w, axis 0), bias)
+
+``cpu_graph`` (ONNX Runtime CPU, the ``int8-cpu`` files): the same integers through an integer convolution::
+
+    x -> QuantizeLinear(s_x, uint8 128) -> ConvInteger(w_int8 + 128 as uint8, zero points 128) -> int32
+      -> Cast float -> Mul(s_x * s_w) -> Add(bias)
+
+Shifting both operands by 128 to uint8 keeps every product exact: ONNX Runtime's x86 kernels for uint8 x int8
+(VPMADDUBSW) saturate their int16 pair sums on CPUs without VNNI, those for uint8 x uint8 do not (ONNX Runtime's
+quantization docs), so the CPU file computes the fake-quantized network's integers exactly on any x86 CPU, with no
+7-bit (reduce_range) weights. Hand-written because ONNX Runtime's quantizer computes its own weight scales from the
+weights and quantizes more tensors (Conv outputs, SiLU, Add) than the trained network did.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from provq.edge_runtime.formats.errors import ProvqError
+
+SHIFT = 128  # int8 -> uint8 offset of the CPU graph's operands
+
+
+def _rewrite(model: onnx.ModelProto, layers: dict[str, dict[str, Any]], cpu: bool) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    inits = {init.name: init for init in graph.initializer}
+    nodes, used, drop = [], set(), set()
+    for node in graph.node:
+        weight = node.input[1] if node.op_type == "Conv" and len(node.input) > 1 else ""
+        name = weight[: -len(".weight")] if weight.endswith(".weight") else None
+        if name not in layers:
+            nodes.append(node)
+            continue
+        used.add(name)
+        drop.update(node.input[1:] if cpu else node.input[1:2])  # the CPU graph adds its own NCHW bias
+        layer = layers[name]
+        fp32 = numpy_helper.to_array(inits[weight])
+        if fp32.shape != layer["weight_int8"].shape:
+            raise ProvqError(f"{name}: graph weight {fp32.shape} is not the QAT weight's {layer['weight_int8'].shape}")
+        nodes += _cpu_conv(node, name, layer, inits, graph) if cpu else _qdq_conv(node, name, layer, graph)
+    missing = set(layers) - used
+    if missing:
+        raise ProvqError(f"fake-quantized modules {sorted(missing)} have no Conv in the graph: re-export")
+    del graph.node[:]
+    graph.node.extend(nodes)
+    kept = [init for init in graph.initializer if init.name not in drop]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    if cpu:
+        del out.opset_import[:]
+        out.opset_import.extend([helper.make_opsetid("", model.opset_import[0].version)])
+    onnx.checker.check_model(out)
+    return out
+
+
+def _add(graph: onnx.GraphProto, name: str, array: np.ndarray) -> str:
+    graph.initializer.append(numpy_helper.from_array(array, name))
+    return name
+
+
+def _qdq_conv(node: onnx.NodeProto, name: str, layer: dict[str, Any], graph: onnx.GraphProto) -> list:
+    channels = layer["weight_int8"].shape[0]
+    s_x = _add(graph, f"{name}.input_scale", np.asarray(layer["input_scale"], np.float32).reshape(()))
+    z_x = _add(graph, f"{name}.input_zero_point", np.zeros((), np.int8))
+    w_q = _add(graph, f"{name}.weight_quantized", layer["weight_int8"])
+    s_w = _add(graph, f"{name}.weight_scale", layer["weight_scale"].astype(np.float32))
+    z_w = _add(graph, f"{name}.weight_zero_point", np.zeros(channels, np.int8))
+    x = node.input[0]
+    conv = onnx.NodeProto()
+    conv.CopyFrom(node)
+    conv.input[0], conv.input[1] = f"{name}.input_dequantized", f"{name}.weight_dequantized"
+    return [
+        helper.make_node("QuantizeLinear", [x, s_x, z_x], [f"{name}.input_quantized"], name=f"{name}.input_Q"),
+        helper.make_node("DequantizeLinear", [f"{name}.input_quantized", s_x, z_x], [conv.input[0]],
+                         name=f"{name}.input_DQ"),
+        helper.make_node("DequantizeLinear", [w_q, s_w, z_w], [conv.input[1]], name=f"{name}.weight_DQ", axis=0),
+        conv,
+    ]  # fmt: skip
+
+
+def _cpu_conv(
+    node: onnx.NodeProto, name: str, layer: dict[str, Any], inits: dict[str, Any], graph: onnx.GraphProto
+) -> list:
+    channels = layer["weight_int8"].shape[0]
+    s_x = _add(graph, f"{name}.input_scale", np.asarray(layer["input_scale"], np.float32).reshape(()))
+    z = _add(graph, f"{name}.zero_point", np.asarray(SHIFT, np.uint8).reshape(()))
+    w_u8 = _add(graph, f"{name}.weight_uint8", (layer["weight_int8"].astype(np.int16) + SHIFT).astype(np.uint8))
+    combined = (layer["input_scale"].astype(np.float32) * layer["weight_scale"].astype(np.float32)).astype(np.float32)
+    scale = _add(graph, f"{name}.output_scale", combined.reshape(1, channels, 1, 1))
+    attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    integer = helper.make_node("ConvInteger", [f"{name}.input_uint8", w_u8, z, z], [f"{name}.int32"],
+                               name=f"{name}.ConvInteger", **attributes)  # fmt: skip
+    out = [
+        helper.make_node("QuantizeLinear", [node.input[0], s_x, z], [f"{name}.input_uint8"], name=f"{name}.input_Q"),
+        integer,
+        helper.make_node("Cast", [f"{name}.int32"], [f"{name}.accumulated"], name=f"{name}.Cast", to=TensorProto.FLOAT),
+    ]
+    scaled = node.output[0] if len(node.input) < 3 else f"{name}.scaled"
+    out.append(helper.make_node("Mul", [f"{name}.accumulated", scale], [scaled], name=f"{name}.Mul"))
+    if len(node.input) >= 3:
+        bias = numpy_helper.to_array(inits[node.input[2]]).astype(np.float32).reshape(1, channels, 1, 1)
+        b = _add(graph, f"{name}.bias_nchw", bias)
+        out.append(helper.make_node("Add", [scaled, b], [node.output[0]], name=f"{name}.Add"))
+    return out
+
+
+def qdq_graph(fp32: onnx.ModelProto, layers: dict[str, dict[str, Any]]) -> onnx.ModelProto:
+    """The Q/DQ graph for TensorRT (module docstring) of ``fp32`` with the trained scales of ``layers``."""
+    return _rewrite(fp32, layers, cpu=False)
+
+
+def cpu_graph(fp32: onnx.ModelProto, layers: dict[str, dict[str, Any]]) -> onnx.ModelProto:
+    """The ConvInteger graph for ONNX Runtime CPU (module docstring), the same integers as ``qdq_graph``."""
+    return _rewrite(fp32, layers, cpu=True)
