@@ -44,7 +44,7 @@ from .pipeline import _END, POLL_S, Stages
 from .source_uri import display
 from .sources import FrameSource
 from .stable import load_codebook
-from .stream_state import Gap, PipelineConfig, RunReport, StreamState, Work, needs_codebook
+from .stream_state import Gap, PipelineConfig, RunReport, StreamState, Work, needs_codebook, run_threads
 
 log = logging.getLogger(__name__)
 
@@ -165,15 +165,7 @@ class CameraPipeline(Stages):
         ]
         threads.append(threading.Thread(target=self._guard, args=(self._schedule,), name="provq-infer", daemon=True))
         threads.append(threading.Thread(target=self._guard, args=(self._write,), name="provq-write", daemon=True))
-        for thread in threads:
-            thread.start()
-        try:
-            self._wait(threads, on_progress, every_s)
-        except BaseException:  # a second Ctrl-C in the main thread: end now, keeping what was flushed
-            self._fail(EdgeError("interrupted"))
-            for thread in threads:
-                thread.join(5.0)
-            raise
+        run_threads(threads, lambda: self._wait(threads, on_progress, every_s), self._fail)
         if self._error is not None:
             raise self._error
         return self.report()

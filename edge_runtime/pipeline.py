@@ -39,10 +39,9 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from .backends import Backend
-from .errors import EdgeError
 from .outputs import DisplayOutput, Output
 from .sources import FrameSource
-from .stream_state import Gap, PipelineConfig, RunReport, StreamState, Work
+from .stream_state import Gap, PipelineConfig, RunReport, StreamState, Work, run_threads
 
 __all__ = ["Pipeline", "PipelineConfig", "Progress", "RunReport"]
 
@@ -143,15 +142,7 @@ class Pipeline(Stages):
             threading.Thread(target=self._guard, args=(self._infer,), name="provq-infer", daemon=True),
             threading.Thread(target=self._guard, args=(self._write,), name="provq-write", daemon=True),
         ]
-        for thread in threads:
-            thread.start()
-        try:
-            self._wait(threads, on_progress, every_s)
-        except BaseException:  # a second Ctrl-C in the main thread: end now, keeping what was flushed
-            self._fail(EdgeError("interrupted"))
-            for thread in threads:
-                thread.join(5.0)
-            raise
+        run_threads(threads, lambda: self._wait(threads, on_progress, every_s), self._fail)
         if self._error is not None:
             raise self._error
         return self._state.report(self.stop_event.is_set())

@@ -14,8 +14,10 @@ the most recent ``WINDOW`` frames and summarized as p50 / p95 / mean in the ``Ru
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -91,6 +93,23 @@ def needs_codebook(config: PipelineConfig) -> bool:
     """Whether a stream needs the model's codebook: version 3 ids (codec ctx) are coded against it, stable tokens
     compare latents with it."""
     return config.codec == "ctx" or config.stable_margin is not None
+
+
+def run_threads(
+    threads: list[threading.Thread], wait: Callable[[], None], fail: Callable[[BaseException], None]
+) -> None:
+    """Start a pipeline's threads and run ``wait`` (the main thread's loop) until they end. An exception out of
+    ``wait`` (a second Ctrl-C) fails the run with EdgeError("interrupted"), gives each thread 5 s to finish what
+    was flushed, and is raised again."""
+    for thread in threads:
+        thread.start()
+    try:
+        wait()
+    except BaseException:
+        fail(EdgeError("interrupted"))
+        for thread in threads:
+            thread.join(5.0)
+        raise
 
 
 class TimeWindow:
