@@ -1,7 +1,8 @@
 """Live RTSP for real: GStreamer's RTSP server (tests/rtsp_server.py, a separate process on 127.0.0.1) serves the
 sample clip as H.264, and provq reads it through the venv's OpenCV (PyPI's opencv-python-headless, FFmpeg backend):
 tokenizing and reconstructing, a server killed mid-stream and restarted on the same port, a consumer slower than the
-camera, and servers that refuse, stay silent or lack the path. Skipped here without the Debian packages; in CI
+camera, two cameras of one batched run through a server restart, and servers that refuse, stay silent or lack
+the path. Skipped here without the Debian packages; in CI
 (PROVQ_CI=1) their absence fails.
 """
 
@@ -94,6 +95,36 @@ def test_killed_server_is_reconnected_and_the_gap_recorded(rtsp_servers: Servers
     cap = cv2.VideoCapture(str(tmp_path / "dec.mkv"))
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == frames
     cap.release()
+
+
+@pytest.mark.slow
+def test_killed_server_gaps_every_camera_of_one_run(rtsp_servers: Servers, tmp_path: Path) -> None:
+    """Two cameras of one server through one batched provq-run: the server killed for 3 s and restarted, every
+    stream resumes, each .ptok records one gap and decodes whole, and the JSON counts a gap per stream."""
+    server = rtsp_servers(("cam0", "cam1"), width=192, height=144, rate=10)
+    args = [arg for mount in ("cam0", "cam1") for arg in ("--input", server.url(mount))]
+    proc = popen_run(*args, "--tokens", "{name}.ptok", "--json", "s.json", cwd=tmp_path)
+    ptoks = [tmp_path / "cam0.ptok", tmp_path / "cam1.ptok"]
+    try:
+        for ptok in ptoks:
+            wait_for_frames(ptok, 30, proc, timeout=90)
+        server.kill()
+        time.sleep(3.0)
+        server.start()
+        for ptok in ptoks:
+            wait_for_frames(ptok, 60, proc, timeout=90)  # a chunk after the gap in each stream
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and "Traceback" not in stderr, stderr
+    s = json.loads((tmp_path / "s.json").read_text())
+    for ptok, stream in zip(ptoks, s["streams"], strict=True):
+        frames, gaps = _frames_and_gaps(ptok)
+        assert frames == stream["frames"] >= 60 and len(gaps) == len(stream["gaps"]) == 1
+        assert [gaps[0].from_ms, gaps[0].to_ms] == stream["gaps"][0] and 0 < gaps[0].frame_index < frames
+        assert (gaps[0].to_ms - gaps[0].from_ms) / 1000 >= 3.0
+        assert decode_main([str(ptok), str(tmp_path / f"{ptok.stem}.mkv")]) == 0
+    assert s["totals"]["gaps"] == 2
 
 
 class _Reader:
