@@ -222,22 +222,10 @@ class CameraPipeline(Stages):
             self._push(index, _END)
 
     def _capture_frames(self, index: int) -> None:
-        state = self.streams[index]
-        frames = iter(self.sources[index])
-        taken = 0
-        while not (self.stop_event.is_set() or self._abort.is_set()):
-            if state.config.max_frames is not None and taken >= state.config.max_frames:
-                return
-            t0 = time.perf_counter()
-            frame = next(frames, None)
-            t1 = time.perf_counter()
-            if frame is None:
-                return
-            if not all(self._push(index, gap) for gap in state.new_gaps()):
-                return
-            if not self._push(index, state.prepare(frame, taken, t0, t1)):
-                return
-            taken += 1
+        self.streams[index].capture(lambda item: self._push(index, item), self._stopped)
+
+    def _stopped(self) -> bool:
+        return self.stop_event.is_set() or self._abort.is_set()
 
     def _push(self, index: int, item: Work | Gap | None) -> bool:
         """Queue an item for the scheduler, waiting while the stream's queue is full; False when the run aborts."""

@@ -179,21 +179,10 @@ class Pipeline(Stages):
             self._put(self._to_infer, _END)
 
     def _capture_frames(self) -> None:
-        frames = iter(self.source)
-        taken = 0
-        while not (self.stop_event.is_set() or self._abort.is_set()):
-            if self.config.max_frames is not None and taken >= self.config.max_frames:
-                return
-            t0 = time.perf_counter()
-            frame = next(frames, None)
-            t1 = time.perf_counter()
-            if frame is None:
-                return
-            if not all(self._put(self._to_infer, gap) for gap in self._state.new_gaps()):
-                return
-            if not self._put(self._to_infer, self._state.prepare(frame, taken, t0, t1)):
-                return
-            taken += 1
+        self._state.capture(lambda item: self._put(self._to_infer, item), self._stopped)
+
+    def _stopped(self) -> bool:
+        return self.stop_event.is_set() or self._abort.is_set()
 
     def _infer(self) -> None:
         state = self._state

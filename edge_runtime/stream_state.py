@@ -204,6 +204,23 @@ class StreamState:
         ms = {"capture": (t1 - t0) * 1e3, "preprocess": (t2 - t1) * 1e3}
         return Work(frame.timestamp_ms, t1, images, geometry, reference, ms)
 
+    def capture(self, push: Callable[[Work | Gap], bool], stopped: Callable[[], bool]) -> None:
+        """Read the source until it ends, ``max_frames`` or ``stopped()``: each frame prepared, after the outages
+        recorded before it; ``push`` hands an item on (False: the pipeline aborted, stop)."""
+        frames = iter(self.source)
+        taken = 0
+        while not stopped():
+            if self.config.max_frames is not None and taken >= self.config.max_frames:
+                return
+            t0 = time.perf_counter()
+            frame = next(frames, None)
+            t1 = time.perf_counter()
+            if frame is None or not all(push(gap) for gap in self.new_gaps()):
+                return
+            if not push(self.prepare(frame, taken, t0, t1)):
+                return
+            taken += 1
+
     def new_gaps(self) -> list[Gap]:
         """The source's outages not handed on yet (also those it recorded before giving up), oldest first."""
         gaps = [Gap(*gap) for gap in self.source.gaps[self._gaps_sent :]]
