@@ -84,6 +84,25 @@ class StudyConfig:
     progress: bool = True
 
 
+# StudyConfig fields that every method's TrainConfig takes as they are.
+SHARED_FIELDS = (
+    "data",
+    "val",
+    "preset",
+    "code_dim",
+    "steps",
+    "batch_size",
+    "crop",
+    "lr",
+    "lam",
+    "kmeans_points",
+    "val_size",
+    "val_frames",
+    "device",
+    "progress",
+)
+
+
 def parse_methods(text: str) -> tuple[str, ...]:
     """Comma-separated method names (or 'all') -> a tuple in the given order, duplicates dropped."""
     names = METHODS if text.strip() == "all" else tuple(n.strip() for n in text.split(",") if n.strip())
@@ -96,24 +115,11 @@ def parse_methods(text: str) -> tuple[str, ...]:
 def train_config(study: StudyConfig, method: str, seed: int) -> TrainConfig:
     """The trainer's configuration of one method and seed: everything but the quantizer is shared."""
     shared = TrainConfig(
-        data=study.data,
-        val=study.val,
+        **{name: getattr(study, name) for name in SHARED_FIELDS},
         out=str(run_dir(study, method, seed)),
-        preset=study.preset,
-        code_dim=study.code_dim,
-        steps=study.steps,
-        batch_size=study.batch_size,
-        crop=study.crop,
-        lr=study.lr,
-        lam=study.lam,
-        kmeans_points=study.kmeans_points,
         eval_every=study.eval_every or max(1, study.steps // 10),
         checkpoint_every=study.steps,
-        val_size=study.val_size,
-        val_frames=study.val_frames,
         seed=seed,
-        device=study.device,
-        progress=study.progress,
     )
     if method == "provq":
         return replace(
