@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,7 +21,7 @@ import onnx
 
 from provq.edge_runtime import manifest as mf
 from provq.edge_runtime.errors import EdgeError
-from provq.edge_runtime.formats.files import atomic_path, sha256_file
+from provq.edge_runtime.formats.files import atomic_path, sha256_file, staged_directory
 from provq.edge_runtime.formats.graph import QUANTIZER_SCOPE
 from provq.edge_runtime.formats.int8_rules import ALWAYS_FP32, keep_fp32
 from provq.edge_runtime.formats.manifest import write_manifest
@@ -204,14 +203,8 @@ def calibrate(model_dir: str | Path, cfg: CalibrationConfig, *, recalibrate: boo
         log.info("reusing calibration %s from %s (pass --recalibrate to run it again)", key, entry)
         report = json.loads((entry / REPORT).read_text())
     else:
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=entry.parent))
-        try:
+        with staged_directory(entry) as staging:
             report = _run(manifest, sets, cfg, staging) | {"cache_key": key}
             (staging / REPORT).write_text(json.dumps(report, indent=2) + "\n")
-            shutil.rmtree(entry, ignore_errors=True)
-            staging.rename(entry)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
     _install(manifest, entry, report)
     return report
