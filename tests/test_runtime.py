@@ -6,6 +6,7 @@ like a camera, told when to drop its connection). The backend is the shipped def
 
 from __future__ import annotations
 
+import os
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -104,6 +105,29 @@ def test_video_is_renamed_only_on_a_clean_close(tmp_path: Path) -> None:
     cap = cv2.VideoCapture(str(path))
     assert cap.get(cv2.CAP_PROP_FRAME_COUNT) == 1 and cap.get(cv2.CAP_PROP_FRAME_WIDTH) == SMALL
     cap.release()
+
+
+def test_a_video_is_fsynced_before_its_rename_and_a_failed_one_leaves_output(tmp_path: Path, monkeypatch) -> None:
+    frames = _clip_frames(2)
+    path = tmp_path / "out.mp4"
+    path.write_bytes(b"\x00\x00\x00\x08ftyp")  # an existing video, to be replaced
+    synced = []
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}")))
+    output = VideoOutput(path, 25)
+    output.write(frames[0])
+    output.close(ok=True)
+    assert synced == [str(output.partial), str(tmp_path)] and path.stat().st_size > 8
+
+    def disk_full(fd: int) -> None:
+        raise OSError("disk full")
+
+    before = path.read_bytes()
+    monkeypatch.setattr(os, "fsync", disk_full)
+    output = VideoOutput(path, 25)
+    output.write(frames[0])
+    with pytest.raises(OSError, match="disk full"):
+        output.close(ok=True)
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["out.mp4"]
 
 
 def test_image_output_numbers_frames_from_zero(tmp_path: Path) -> None:

@@ -39,12 +39,20 @@ def atomic_path(path: Path, suffix: str = "", *, fsync: bool = True) -> Iterator
     try:
         yield tmp
         if fsync:
-            _fsync_path(tmp)
-        os.replace(tmp, path)
-        if fsync:
-            _fsync_path(path.parent)
+            replace_durably(tmp, path)
+        else:
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def replace_durably(tmp: Path, path: Path) -> None:
+    """Rename the finished file ``tmp`` over ``path``: fsync of ``tmp``, the rename, fsync of the folder. What
+    ``atomic_path`` does on a clean exit, for a writer whose file outlives one ``with`` block (a video written frame
+    by frame and finished at its close)."""
+    _fsync_path(tmp)
+    os.replace(tmp, path)
+    _fsync_path(Path(path).parent)
 
 
 def _fsync_tree(root: Path) -> None:
