@@ -19,8 +19,9 @@ from test_sources import ClipCameraDevice, Connection
 
 from provq.edge_runtime import pipeline as pipeline_module
 from provq.edge_runtime import token_sink
-from provq.edge_runtime.backends import Backend, open_backend
+from provq.edge_runtime.backends import Backend, cpu_session, open_backend
 from provq.edge_runtime.errors import EdgeError
+from provq.edge_runtime.manifest import default_model_dir
 from provq.edge_runtime.outputs import ImageOutput, VideoOutput, gui_backend, open_output
 from provq.edge_runtime.pipeline import Pipeline, PipelineConfig
 from provq.edge_runtime.sources import LiveSource, open_source
@@ -128,6 +129,13 @@ def test_a_video_is_fsynced_before_its_rename_and_a_failed_one_leaves_output(tmp
     with pytest.raises(OSError, match="disk full"):
         output.close(ok=True)
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["out.mp4"]
+
+
+def test_a_plain_cpu_session_takes_an_intra_op_thread_count() -> None:
+    encoder = default_model_dir() / "encoder.onnx"
+    options = cpu_session(encoder, threads=1).get_session_options()
+    assert (options.intra_op_num_threads, options.inter_op_num_threads) == (1, 1)
+    assert cpu_session(encoder).get_session_options().intra_op_num_threads == 0  # ONNX Runtime's default
 
 
 def test_image_output_numbers_frames_from_zero(tmp_path: Path) -> None:
