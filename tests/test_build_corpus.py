@@ -1,5 +1,5 @@
-"""tools/build_corpus.py on two shipped photos (the fetch and the WebDataset shard writer replaced): the layout it
-writes, and a corpus replaced only by a complete build."""
+"""tools/build_corpus.py on two shipped photos (in place of the Debian packages it fetches): the layout it writes,
+WebDataset shards that the training data path reads back, and a corpus replaced only by a complete build."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import cv2
 import pytest
 
 from provq.edge_runtime.manifest import default_model_dir
+from provq.train.file_index import Frames, index_source
 
 TOOLS = Path(__file__).resolve().parents[1] / "tools"
 PHOTOS = default_model_dir().parent / "sample" / "images"
@@ -26,14 +27,8 @@ def build_corpus(monkeypatch: pytest.MonkeyPatch):
         frames = lambda: iter([(-1, cv2.imread(str(PHOTOS / f"{name}.jpg")))])  # noqa: E731
         return Source(f"sample/{name}", "sample", name, "CC0", "test", "a shipped sample photo", frames)
 
-    def shards(crops: list, folder: Path, split: str, max_count: int, max_bytes: int) -> list[str]:
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"{split}-000000.tar").write_bytes(b"".join(c.data for c in crops if c.split == split))
-        return [f"{split}-000000.tar"]
-
     sources = [photo("astronaut"), photo("chelsea")]
     monkeypatch.setattr(build_corpus, "collect_sources", lambda cache, frame_step: (sources, {"sample": {}}))
-    monkeypatch.setattr(build_corpus, "write_shards", shards)
     yield build_corpus
     sys.modules.pop("build_corpus", None)
 
@@ -43,7 +38,7 @@ def _build(build_corpus, out: Path, *extra: str) -> dict:
 
 
 def test_a_corpus_is_written_whole_and_replaced_only_by_a_complete_build(
-    build_corpus, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    build_corpus, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     out = tmp_path / "corpus"
     summary = _build(build_corpus, out)
@@ -51,6 +46,13 @@ def test_a_corpus_is_written_whole_and_replaced_only_by_a_complete_build(
     assert crops > 0 and summary["splits"]["val"]["crops"] > 0  # one photo of the two held out
     assert len(list((out / "images").rglob("*.jpg"))) == crops and (out / "shards" / "train-000000.tar").is_file()
     assert json.loads((out / "corpus.json").read_text()) == summary
+    # The shards hold the same crops as the image folder, and the training data path decodes every one of them.
+    decoded = []
+    for split in ("train", "val"):
+        index = index_source(str(out / "shards" / f"{split}-000000.tar"), cache_dir=tmp_path_factory.mktemp("index"))
+        frames = Frames(index, max_video_frames=1)
+        decoded += [frames.decode(0, i) for i in range(int(frames.per_file()[0]))]
+    assert len(decoded) == crops and all(d is not None and d.shape == (128, 128, 3) for d in decoded)
     before = (out / "corpus.json").read_bytes()
 
     def broken_shards(*args: object) -> list[str]:
