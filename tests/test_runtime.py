@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -248,13 +249,33 @@ def test_stop_finishes_queued_frames_and_flushes(backend: Backend, tmp_path: Pat
     assert len(items) == report.frames and reader.report.ok and reader.report.torn_tail_bytes == 0
 
 
+class PacedBackend:
+    """The real backend, its encoder held to at least ``every_s`` per call: a model slower than the camera, as on
+    a loaded device, whatever this machine's speed."""
+
+    def __init__(self, backend: Backend, every_s: float) -> None:
+        self.backend, self.every_s = backend, every_s
+
+    def encode(self, images: np.ndarray) -> np.ndarray:
+        start = time.monotonic()
+        ids = self.backend.encode(images)
+        time.sleep(max(0.0, start + self.every_s - time.monotonic()))
+        return ids
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.backend, name)
+
+
 def test_live_source_drops_old_frames_and_its_gaps_go_into_the_stream(backend: Backend, tmp_path: Path) -> None:
+    """A 100 FPS camera that disconnects after 10 frames, read by a 20 FPS model: frames are dropped, and the
+    outage (inside the 8 frames taken) is a gap in the stream."""
     camera = ClipCameraDevice(Connection(fail_after=10), Connection(), fps=100.0)
     uri = "rtsp://admin:secret@cam:554/live"
     source = LiveSource(uri, camera.open, width=SMALL, retries=3, backoff_s=0.01, stall_timeout_s=1.0)
-    output = open_output(str(tmp_path / "rec"), 25)  # reconstructing keeps the pipeline slower than the camera
+    output = open_output(str(tmp_path / "rec"), 25)
+    slow = PacedBackend(backend, every_s=0.05)
     with source:
-        report = Pipeline(source, backend, PipelineConfig(max_frames=8, tokens=tmp_path / "t.ptok"), output).run()
+        report = Pipeline(source, slow, PipelineConfig(max_frames=8, tokens=tmp_path / "t.ptok"), output).run()
     assert report.frames == 8 and report.dropped == source.dropped > 0
     assert len(report.gaps) == len(source.gaps) == 1
     items, reader = _read_all(tmp_path / "t.ptok")
