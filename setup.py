@@ -61,7 +61,8 @@ EXTRAS = {
     # provq-bench's H.264 row (x264 through PyAV) and its plots.
     "bench": ["av>=12", "matplotlib>=3.7"],
     # Tests and lint. scikit-image and scikit-learn provide real photos the shipped model has never seen.
-    # zstandard lets the token-stream tests cover the zstd codec too; av the benchmark's H.264 row.
+    # zstandard lets the token-stream tests cover the zstd codec too; av the benchmark's H.264 row; webdataset is
+    # the shard writer of tools/build_corpus.py, whose test reads its shards back through the training data path.
     "dev": [
         "av>=12",
         "pytest>=7.4",
@@ -70,6 +71,7 @@ EXTRAS = {
         "scikit-image>=0.21",
         "scikit-learn>=1.3",
         "zstandard>=0.21",
+        "webdataset>=0.2",
     ],
 }
 

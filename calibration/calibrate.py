@@ -12,24 +12,23 @@ import hashlib
 import json
 import logging
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
+import numpy as np
 import onnx
 
 from provq.edge_runtime import manifest as mf
 from provq.edge_runtime.errors import EdgeError
-from provq.edge_runtime.formats.files import atomic_path, sha256_file
+from provq.edge_runtime.formats.files import atomic_path, sha256_file, staged_directory
 from provq.edge_runtime.formats.graph import QUANTIZER_SCOPE
 from provq.edge_runtime.formats.int8_rules import ALWAYS_FP32, keep_fp32
 from provq.edge_runtime.formats.manifest import write_manifest
 from provq.export.fp16_graph import rounding_emulation
 
 from . import frames as frame_selection
-from .quantize import METHODS, quantize_graph
+from .quantize import METHODS, GraphCalibration, quantize_graph
 from .report import compare, session
 
 log = logging.getLogger("provq.calibrate")
@@ -92,17 +91,13 @@ def _cache_key(manifest: mf.Manifest, fingerprint: str, cfg: CalibrationConfig) 
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def _quantize(engine: str, *args: Any, **kwargs: Any) -> None:
+def _quantize(engine: str, job: GraphCalibration) -> None:
     if engine == "modelopt":
         from .modelopt_engine import quantize_graph_modelopt
 
-        quantize_graph_modelopt(*args, **kwargs)
+        quantize_graph_modelopt(job)
     else:
-        quantize_graph(*args, **kwargs)
-
-
-def _cpu_arg(cpu: dict[str, Path], part: str) -> dict[str, Path]:
-    return {"cpu_path": cpu[part]} if cpu else {}
+        quantize_graph(job)
 
 
 def _run(manifest: mf.Manifest, sets: frame_selection.FrameSets, cfg: CalibrationConfig, out: Path) -> dict:
@@ -112,14 +107,17 @@ def _run(manifest: mf.Manifest, sets: frame_selection.FrameSets, cfg: Calibratio
     dec_in, _ = manifest.tensor_names("decoder")
     enc8, dec8 = out / "encoder.int8.onnx", out / "decoder.int8.onnx"
     cpu = {part: out / f"{part}.{mf.CPU_INT8}.onnx" for part in mf.PARTS} if cfg.engine == "ort" else {}
+    graphs = {"encoder": (enc32, enc8, enc_in), "decoder": (dec32, dec8, dec_in)}
+
+    def job(part: str, inputs: list[np.ndarray]) -> GraphCalibration:
+        return GraphCalibration(*graphs[part], inputs, cfg.method, list(cfg.keep_fp32[part]), cpu.get(part))
+
     log.info("calibrating the encoder on %d frames (%s)", len(sets.calibration), cfg.method)
-    _quantize(cfg.engine, enc32, enc8, enc_in, sets.calibration, method=cfg.method,
-              keep_fp32=list(cfg.keep_fp32["encoder"]), **_cpu_arg(cpu, "encoder"))  # fmt: skip
+    _quantize(cfg.engine, job("encoder", sets.calibration))
     encoder = session(enc32)
     ids = [encoder.run(None, {enc_in: x})[0] for x in sets.calibration]
     log.info("calibrating the decoder on the FP32 ids of the same frames")
-    _quantize(cfg.engine, dec32, dec8, dec_in, ids, method=cfg.method,
-              keep_fp32=list(cfg.keep_fp32["decoder"]), **_cpu_arg(cpu, "decoder"))  # fmt: skip
+    _quantize(cfg.engine, job("decoder", ids))
     log.info("measuring INT8 against FP32 on %d held-out frames", len(sets.evaluation))
     figures = compare((enc32, dec32), (enc8, dec8), sets.evaluation, (enc_in, dec_in), exact=True)
     cpu_figures = (
@@ -205,14 +203,8 @@ def calibrate(model_dir: str | Path, cfg: CalibrationConfig, *, recalibrate: boo
         log.info("reusing calibration %s from %s (pass --recalibrate to run it again)", key, entry)
         report = json.loads((entry / REPORT).read_text())
     else:
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=entry.parent))
-        try:
+        with staged_directory(entry) as staging:
             report = _run(manifest, sets, cfg, staging) | {"cache_key": key}
             (staging / REPORT).write_text(json.dumps(report, indent=2) + "\n")
-            shutil.rmtree(entry, ignore_errors=True)
-            staging.rename(entry)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
     _install(manifest, entry, report)
     return report

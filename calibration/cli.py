@@ -15,7 +15,7 @@ import logging
 import sys
 from pathlib import Path
 
-from provq.edge_runtime.console import command_frame, command_parser
+from provq.edge_runtime.console import command_parser, run_command
 from provq.edge_runtime.errors import EdgeError
 from provq.edge_runtime.preprocess import parse_size
 
@@ -53,9 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code (0 calibrated, 2 user error: one line on stderr, no traceback)."""
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    return command_frame(PROG, lambda: _calibrate(args))
+    return run_command(PROG, build_parser(), _calibrate, argv, log_format="%(message)s", log_level=logging.INFO)
 
 
 def _calibrate(args: argparse.Namespace) -> int:

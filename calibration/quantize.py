@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,19 @@ QUANTIZED_OPS = ["Conv"]
 CHUNK = 4  # frames per calibration pass: ranges and histograms merge across passes, memory stays bounded
 
 
+@dataclass(frozen=True)
+class GraphCalibration:
+    """One graph to quantize, whichever engine does it (``quantize_graph`` or ``quantize_graph_modelopt``)."""
+
+    fp32_path: Path  # the FP32 ONNX file
+    int8_path: Path  # the Q/DQ file to write
+    input_name: str  # the graph's input
+    inputs: list[np.ndarray]  # calibration batches for that input, each N x ... as the graph takes it
+    method: str  # a key of METHODS
+    keep_fp32: list[str]  # Conv node names left unquantized
+    cpu_path: Path | None = None  # ONNX Runtime only: also write the operator-format file for CPUs here
+
+
 class _Reader(CalibrationDataReader):
     """Feeds one input array at a time to ONNX Runtime's calibrator."""
 
@@ -59,66 +73,57 @@ def _search_nodes(path: Path) -> list[str]:
     return [node.name for node in onnx.load(str(path)).graph.node if node.name.startswith(QUANTIZER_SCOPE)]
 
 
-def quantize_graph(
-    fp32_path: Path,
-    int8_path: Path,
-    input_name: str,
-    inputs: list[np.ndarray],
-    *,
-    method: str,
-    keep_fp32: list[str],
-    cpu_path: Path | None = None,
-) -> None:
-    """Calibrate ``fp32_path`` on ``inputs`` (each one batch for ``input_name``) and write the Q/DQ ``int8_path``.
+def quantize_graph(job: GraphCalibration) -> None:
+    """Calibrate ``job.fp32_path`` on ``job.inputs`` and write the Q/DQ ``job.int8_path``.
 
-    With ``cpu_path``, the same ranges also give ONNX Runtime's operator-format file for CPUs: QLinearConv and the
+    With ``job.cpu_path``, the same ranges also give ONNX Runtime's operator-format file for CPUs: QLinearConv and the
     other integer operators, uint8 activations, int8 per-channel weights, every operator quantized but the search
     and ``keep_fp32`` (TensorRT cannot build it; on a CPU it runs 1.6-1.8x as fast as FP32, where the Q/DQ file
     runs slower).
     """
-    calibrate_method, options = METHODS[method]
+    calibrate_method, options = METHODS[job.method]
     with tempfile.TemporaryDirectory(prefix="provq-calib-") as tmp:
         calibrator = create_calibrator(
-            str(fp32_path),
-            None if cpu_path else QUANTIZED_OPS,
+            str(job.fp32_path),
+            None if job.cpu_path else QUANTIZED_OPS,
             augmented_model_path=str(Path(tmp) / "augmented.onnx"),
             calibrate_method=calibrate_method,
             providers=["CPUExecutionProvider"],
             extra_options={"symmetric": True, **options},
         )
-        for start in range(0, len(inputs), CHUNK):  # the calibrators hold every activation of a chunk in memory
-            calibrator.collect_data(_Reader(input_name, inputs[start : start + CHUNK]))
+        for start in range(0, len(job.inputs), CHUNK):  # the calibrators hold every activation of a chunk in memory
+            calibrator.collect_data(_Reader(job.input_name, job.inputs[start : start + CHUNK]))
         ranges = Path(tmp) / "ranges.json"
         save_tensors_data(calibrator.compute_data(), ranges)
         del calibrator
         logging.getLogger("onnxruntime").setLevel(logging.WARNING)
-        quantize_static(
-            str(fp32_path),
-            str(int8_path),
+        # Both files: the ranges computed above, per-channel int8 weights.
+        common = dict(
             calibration_data_reader=None,
             calibration_cache_path=str(ranges),
-            quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=QUANTIZED_OPS,
-            nodes_to_exclude=keep_fp32,
             per_channel=True,
-            activation_type=QuantType.QInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=calibrate_method,
+        )
+        quantize_static(
+            str(job.fp32_path),
+            str(job.int8_path),
+            **common,
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=QUANTIZED_OPS,
+            nodes_to_exclude=job.keep_fp32,
+            activation_type=QuantType.QInt8,
             # Biases stay FP32: TensorRT's explicit quantization takes int8 Q/DQ only (no int32 bias DQ).
             extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
         )
-        if cpu_path is not None:
+        if job.cpu_path is not None:
             quantize_static(
-                str(fp32_path),
-                str(cpu_path),
-                calibration_data_reader=None,
-                calibration_cache_path=str(ranges),
+                str(job.fp32_path),
+                str(job.cpu_path),
+                **common,
                 quant_format=QuantFormat.QOperator,
-                nodes_to_exclude=[*_search_nodes(fp32_path), *keep_fp32],
-                per_channel=True,
+                nodes_to_exclude=[*_search_nodes(job.fp32_path), *job.keep_fp32],
                 activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8,
-                calibrate_method=calibrate_method,
                 # 7-bit weights: x86 CPUs without VNNI multiply uint8 x int8 with VPMADDUBSW, whose int16 sums
                 # saturate at full 8-bit range (ONNX Runtime's quantization docs); reduce_range avoids that on every
                 # CPU. Measured on a 2-core AVX2 CPU without VNNI: 8-bit weights kept 73% of the FP32 ids on unseen

@@ -66,7 +66,7 @@ def _describe_precisions(parts: dict[str, str]) -> str:
     return f"encoder {parts['encoder']} + decoder {parts['decoder']}"
 
 
-def cpu_session(model: Path | str | bytes, *, exact: bool = False) -> Any:
+def cpu_session(model: Path | str | bytes, *, exact: bool = False, threads: int | None = None) -> Any:
     """A plain ONNX Runtime CPU session (warnings silenced), for checks and measurements outside the pipeline.
 
     ``model`` is a file, or a serialized in-memory graph (``ModelProto.SerializeToString()``, such as an FP16
@@ -76,11 +76,15 @@ def cpu_session(model: Path | str | bytes, *, exact: bool = False) -> Any:
     Runtime's integer kernels. Those kernels are not what TensorRT computes, and on x86 CPUs without VNNI their int16
     partial sums saturate: measured on 2026-12-02 on a 2-core AVX2 CPU, the fused Q/DQ encoder of the Haar-stem
     default model kept 31% of the FP32 ids on six sample photos, the same file run as written 82%.
+    ``threads``: intra-op threads (one inter-op thread, as in ``OnnxRuntimeBackend``); None: ONNX Runtime's default.
     """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
     if exact or isinstance(model, bytes):
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if isinstance(model, bytes):

@@ -59,7 +59,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from .backends import Backend, OnnxRuntimeBackend, cpu_session
@@ -85,7 +84,6 @@ BACKENDS = ("onnxruntime", "tensorrt", "pytorch")
 REFERENCE = ("onnxruntime", "fp32")  # whose ids the token agreement of every row is measured against
 FIT = "pad"  # how frames are fitted to a multiple of the downsample factor (a no-op for sizes that are multiples)
 FRAMES_PER_CHUNK = 30  # token stream chunking, as provq-run writes it
-CODECS = (("jpeg", ".jpg", cv2.IMWRITE_JPEG_QUALITY), ("webp", ".webp", cv2.IMWRITE_WEBP_QUALITY))
 STAT_KEYS = ("latency_ms_p50", "latency_ms_p95", "latency_ms_p99", "latency_ms_iqr", "latency_ms_mad", "fps")
 
 

@@ -1,4 +1,5 @@
-"""What every provq command shares on the terminal: the error frame, stop signals, quiet OpenCV, a status line.
+"""What every provq command shares on the terminal: the error frame, stop signals, quiet OpenCV, a status line and
+the frame rates it shows.
 
 ``command_frame`` is the one place a user error becomes ``PROG: error: MESSAGE`` and exit 2 (no traceback), a run
 stopped by a signal after saving its work exits 128 + the signal number (130 SIGINT, 143 SIGTERM), and Ctrl-C
@@ -14,6 +15,7 @@ import signal
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TextIO
@@ -58,6 +60,21 @@ class StatusLine:
             self.stream.write("\n")
             self.stream.flush()
         self._shown = False
+
+
+class RecentRates:
+    """Frames per second over the last few progress calls (the pipelines call every 0.5 s: 5 calls span 2 s), for
+    each of several frame counts."""
+
+    def __init__(self, calls: int = 5) -> None:
+        self._recent: deque[tuple[float, list[int]]] = deque(maxlen=calls)  # (elapsed s, counts)
+
+    def update(self, elapsed_s: float, counts: list[int]) -> list[str]:
+        """Each count's rate since the oldest call kept, as "12.3"; "-" while no time has passed."""
+        self._recent.append((elapsed_s, counts))
+        t0, n0 = self._recent[0]
+        dt = elapsed_s - t0
+        return [f"{(n - m) / dt:.1f}" if dt > 0 else "-" for n, m in zip(counts, n0, strict=True)]
 
 
 class Stopped(Exception):

@@ -15,7 +15,6 @@ Exit status 0 when OpenCV imports and at least one backend can run, 1 otherwise.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
 import platform
 import shutil
@@ -25,6 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .errors import EdgeError
+from .formats.versions import package_version
 from .opencv_import import ON_ARM, import_cv2
 
 PROG = "provq-doctor"
@@ -59,12 +59,8 @@ class Check:
 
 
 def _version(*dists: str) -> str | None:
-    for dist in dists:
-        try:
-            return importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return None
+    """The version of the first of ``dists`` that is installed (``package_version``); None when none is."""
+    return next(filter(None, map(package_version, dists)), None)
 
 
 def _environment() -> str:

@@ -225,7 +225,7 @@ def read_sidecar(engine_path: Path) -> EngineMeta:
 
 
 def rebuild_command(
-    model_dir: Path | str,
+    manifest: Manifest,
     part: str,
     precision: str,
     images: ShapeProfile | None = None,
@@ -233,8 +233,9 @@ def rebuild_command(
     dla_core: int | None = None,
     rebuild: bool = True,
 ) -> str:
-    """The ``provq-export engine`` command line that builds (``--rebuild``: replaces) this engine."""
-    args = ["provq-export", "engine", str(model_dir), "--part", part, "--precision", precision]
+    """The ``provq-export engine`` command line that builds (``--rebuild``: replaces) this engine of ``manifest``'s
+    model."""
+    args = ["provq-export", "engine", str(manifest.directory), "--part", part, "--precision", precision]
     if images is not None:
         args += ["--min-shape", format_shape(images.min), "--opt-shape", format_shape(images.opt)]
         args += ["--max-shape", format_shape(images.max)]
@@ -256,13 +257,13 @@ def check_sidecar(engine_path: Path, manifest: Manifest, device_info: DeviceInfo
     """
     engine_path = Path(engine_path)
     parsed = parse_engine_file_name(engine_path.name) or {}
-    if not engine_path.is_file():
-        cmd = rebuild_command(manifest.directory, parsed.get("part", "encoder"), parsed.get("precision", "fp32"),
-                              parsed.get("images"), dla_core=parsed.get("dla_core"), rebuild=False)  # fmt: skip
-        raise EdgeError(f"engine {engine_path} does not exist: build it with: {cmd}")
-    if not sidecar_path(engine_path).is_file():
-        cmd = rebuild_command(manifest.directory, parsed.get("part", "encoder"), parsed.get("precision", "fp32"),
-                              parsed.get("images"), dla_core=parsed.get("dla_core"))  # fmt: skip
+    exists = engine_path.is_file()
+    if not exists or not sidecar_path(engine_path).is_file():
+        part, precision = parsed.get("part", "encoder"), parsed.get("precision", "fp32")
+        images, dla_core = parsed.get("images"), parsed.get("dla_core")
+        cmd = rebuild_command(manifest, part, precision, images, dla_core=dla_core, rebuild=exists)
+        if not exists:
+            raise EdgeError(f"engine {engine_path} does not exist: build it with: {cmd}")
         raise EdgeError(
             f"engine {engine_path.name} has no {sidecar_path(engine_path).name} beside it (missing sidecar: nothing "
             f"says what it was built for): rebuild it with: {cmd}"
@@ -273,7 +274,7 @@ def check_sidecar(engine_path: Path, manifest: Manifest, device_info: DeviceInfo
         image_shape(manifest, meta.part, tuple(meta.profile["opt"])),
         image_shape(manifest, meta.part, tuple(meta.profile["max"])),
     )
-    cmd = rebuild_command(manifest.directory, meta.part, meta.precision, images, dla_core=meta.dla_core)
+    cmd = rebuild_command(manifest, meta.part, meta.precision, images, dla_core=meta.dla_core)
 
     diffs = []
     here = f"{device_info.name} sm{device_info.cc.replace('.', '')}"

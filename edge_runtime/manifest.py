@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from importlib import resources
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -56,21 +57,11 @@ class Manifest:
         """The manifest as its JSON object (read-only view: change ``fields`` with dataclasses.replace)."""
         return self.fields.to_json()
 
-    @property
-    def downsample(self) -> int:
-        return self.fields.downsample
-
-    @property
-    def codebook_size(self) -> int:
-        return self.fields.codebook_size
-
-    @property
-    def code_dim(self) -> int:
-        return self.fields.code_dim
-
-    @property
-    def codebook_sha256(self) -> str:
-        return self.fields.codebook_sha256
+    # The fields every user of a model reads, straight from ``fields``.
+    downsample = property(attrgetter("fields.downsample"), doc="int: pixels per token id along each side")
+    codebook_size = property(attrgetter("fields.codebook_size"), doc="int: K, ids are in [0, K)")
+    code_dim = property(attrgetter("fields.code_dim"), doc="int: D, the length of each code")
+    codebook_sha256 = property(attrgetter("fields.codebook_sha256"), doc="str: the codebook's fingerprint")
 
     @property
     def gmac_per_megapixel(self) -> dict[str, float] | None:

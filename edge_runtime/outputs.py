@@ -7,9 +7,10 @@
     display://0                     an OpenCV window; needs OpenCV with a GUI backend and a display
 
 Files are written so that a crash never leaves a half-written file under the final name: a video goes to a hidden
-``.NAME.PID.partial.EXT`` beside it and is renamed over OUTPUT only when ``close(ok=True)``; after a kill the
-partial file may stay, but an existing OUTPUT is untouched. Each image is written to a hidden temporary name and
-renamed. ``close(ok=False)`` (a failed run) removes the partial video.
+``.NAME.PID.partial.EXT`` beside it and is fsynced and renamed over OUTPUT only when ``close(ok=True)``
+(``formats.files.replace_durably``); after a kill the partial file may stay, but an existing OUTPUT is untouched.
+Each image is written to a hidden temporary name and renamed (``write_bytes_atomic``). ``close(ok=False)`` (a
+failed run) removes the partial video.
 
     output = open_output("out.mp4", fps=25.0)   # validated now (EdgeError), opened at the first frame
     output.write(frame_bgr)                     # the first frame fixes the video size
@@ -27,7 +28,7 @@ import cv2
 import numpy as np
 
 from .errors import EdgeError
-from .formats.files import write_bytes_atomic
+from .formats.files import replace_durably, write_bytes_atomic
 from .formats.media import IMAGE_EXTENSIONS
 
 VIDEO_CODECS = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "FFV1"}  # extension -> fourcc
@@ -105,10 +106,11 @@ class VideoOutput(Output):
             return
         self._writer.release()
         self._writer = None
-        if ok:
-            os.replace(self.partial, self.path)
-        else:
-            self.partial.unlink(missing_ok=True)
+        try:
+            if ok:
+                replace_durably(self.partial, self.path)
+        finally:
+            self.partial.unlink(missing_ok=True)  # abandoned, or a failed rename: never left half-written
 
     def describe(self) -> str:
         return f"{self.path} ({self.fourcc}, {self.fps:g} fps)"

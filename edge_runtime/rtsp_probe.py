@@ -53,33 +53,31 @@ class _NoAnswer(Exception):
 
 def _describe(host: str, port: int, url: str, timeout_s: float) -> str:
     """The status line of the answer to DESCRIBE url; _NoAnswer when there is none."""
-    where = f"{host}:{port}"
-    try:
-        sock = socket.create_connection((host, port), timeout=timeout_s)
-    except ConnectionRefusedError:
-        raise _NoAnswer(
-            f"{where} refused the connection: nothing listens there (check the port, and that the camera is on)"
-        ) from None
-    except socket.gaierror:
-        raise _NoAnswer(f"host {host} is not known: check the address") from None
-    except TimeoutError:
-        raise _NoAnswer(
-            f"{where} did not accept a connection within {timeout_s:g} s: check the address and the network"
-        ) from None
-    except OSError as err:
-        problem = f"cannot connect to {where} ({err.strerror or err}): check the address and the network"
-        raise _NoAnswer(problem) from None
     request = f"DESCRIBE {url} RTSP/1.0\r\nCSeq: 1\r\nAccept: application/sdp\r\nUser-Agent: provq\r\n\r\n"
-    with sock:
-        try:
+    connected = False
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s) as sock:
+            connected = True
             sock.sendall(request.encode())
             return _status_line(sock)
-        except TimeoutError:
-            raise _NoAnswer(
-                f"{where} accepts connections but sent no RTSP answer within {timeout_s:g} s: is it an RTSP port?"
-            ) from None
-        except OSError as err:
-            raise _NoAnswer(f"{where} closed the connection ({err.strerror or err}) without an RTSP answer") from None
+    except OSError as err:
+        raise _NoAnswer(_no_answer(err, host, port, timeout_s, connected)) from None
+
+
+def _no_answer(err: OSError, host: str, port: int, timeout_s: float, connected: bool) -> str:
+    """What a socket error while connecting (``connected`` False) or while asking says about the server."""
+    where = f"{host}:{port}"
+    if connected and isinstance(err, TimeoutError):
+        return f"{where} accepts connections but sent no RTSP answer within {timeout_s:g} s: is it an RTSP port?"
+    if connected:
+        return f"{where} closed the connection ({err.strerror or err}) without an RTSP answer"
+    if isinstance(err, ConnectionRefusedError):
+        return f"{where} refused the connection: nothing listens there (check the port, and that the camera is on)"
+    if isinstance(err, socket.gaierror):
+        return f"host {host} is not known: check the address"
+    if isinstance(err, TimeoutError):
+        return f"{where} did not accept a connection within {timeout_s:g} s: check the address and the network"
+    return f"cannot connect to {where} ({err.strerror or err}): check the address and the network"
 
 
 def _status_line(sock: socket.socket) -> str:

@@ -14,14 +14,13 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from .console import StatusLine, stop_on_signals
+from .console import RecentRates
 from .errors import EdgeError
 from .source_uri import display
 
@@ -94,15 +93,10 @@ def _check(args: argparse.Namespace) -> tuple[list[Path | None], list[str | None
 def _open_sources(args: argparse.Namespace, stack: ExitStack) -> list[FrameSource]:
     """Every input opened at once (a camera can take seconds to send its first frame), each closed by ``stack``;
     the first input's error (in command-line order) once all tried."""
-    from .sources import open_source
-
-    def one(uri: str) -> FrameSource:
-        return open_source(uri, width=args.input_width, height=args.input_height, rate=args.input_rate,
-                           loop=args.input_loop, realtime=args.realtime, live_queue=args.live_queue,
-                           retries=args.retries, stall_timeout_s=args.stall_timeout)  # fmt: skip
+    from .run_cli import open_run_source
 
     with ThreadPoolExecutor(len(args.inputs), thread_name_prefix="provq-open") as pool:
-        futures = [pool.submit(one, uri) for uri in args.inputs]
+        futures = [pool.submit(open_run_source, args, uri) for uri in args.inputs]
     sources, errors = [], []
     for future in futures:
         if future.exception() is None:
@@ -119,7 +113,7 @@ def run_cameras(args: argparse.Namespace) -> int:
     from .cameras import CameraPipeline, CamerasProgress
     from .manifest import load_manifest, write_json_atomic
     from .outputs import open_output
-    from .run_cli import PROG, open_run_backend, pipeline_config
+    from .run_cli import PROG, open_run_backend, pipeline_config, run_pipeline
 
     tokens, output_paths = _check(args)
     manifest = load_manifest(args.model)
@@ -139,46 +133,26 @@ def run_cameras(args: argparse.Namespace) -> int:
         cameras = CameraPipeline(sources, backend, configs, outputs, max_batch=args.max_batch)
         limit = "no limit" if cameras.max_batch is None else f"at most {cameras.max_batch}"
         print(f"{PROG}: {len(sources)} inputs | {backend.describe()} | batch {limit}", file=sys.stderr)
-        status = StatusLine()
-        recent: deque[tuple[float, list[int]]] = deque(maxlen=5)  # (elapsed, frames per stream) over ~2 s
+        rates = RecentRates()
 
-        def on_progress(p: CamerasProgress) -> None:
+        def status_text(p: CamerasProgress) -> str:
             frames = [s.frames for s in p.streams]
-            recent.append((p.elapsed_s, frames))
-            t0, n0 = recent[0]
-            dt = p.elapsed_s - t0
-            rates = [f"{(n - m) / dt:.1f}" if dt > 0 else "-" for n, m in zip(frames, n0, strict=True)]
-            total = f"{(sum(frames) - sum(n0)) / dt:.1f}" if dt > 0 else "-"
+            *per_stream, total = rates.update(p.elapsed_s, [*frames, sum(frames)])
             per_call = f"{p.batched / p.calls:.1f}" if p.calls else "-"
             dropped = "/".join(str(s.dropped) for s in p.streams)
             gaps = sum(s.gaps for s in p.streams)
-            status.update(
-                f"{backend.name} {backend.precision} | FPS {' '.join(rates)} = {total} | {per_call} frames/call | "
-                f"dropped {dropped} | gaps {gaps} | frames {sum(frames)}"
+            return (
+                f"{backend.name} {backend.precision} | FPS {' '.join(per_stream)} = {total} | {per_call} frames/call "
+                f"| dropped {dropped} | gaps {gaps} | frames {sum(frames)}"
             )
 
-        with stop_on_signals(cameras.stop) as received:
-            try:
-                report = cameras.run(on_progress)
-            finally:
-                status.done()
-        summary = report.to_json()
+        report, summary, received = run_pipeline(cameras, status_text, args, manifest)
         for index, stream in enumerate(summary["streams"]):
-            out = outputs[index]
             stream.update(
                 input=display(args.inputs[index], limit=1000),
                 tokens=str(tokens[index]) if tokens[index] else None,
-                output=output_paths[index] if out is not None else None,
+                output=output_paths[index] if outputs[index] is not None else None,
             )
-        summary.update(
-            backend=backend.name,
-            precision=backend.precision,
-            encoder_precision=backend.parts["encoder"],
-            model=str(manifest.directory),
-            preset=manifest.data.get("preset"),
-            codec=args.codec,
-            signal=received[0] if received else None,
-        )
     if args.json is not None:
         write_json_atomic(args.json, summary)
     _print_summary(summary, args)

@@ -25,20 +25,23 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from collections import deque
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .console import StatusLine, command_parser, run_command, stop_on_signals
+from .console import RecentRates, StatusLine, command_parser, run_command, stop_on_signals
 from .errors import EdgeError
 from .live_options import DEFAULT_BACKOFF_S, DEFAULT_LIVE_QUEUE, DEFAULT_RETRIES, DEFAULT_STALL_TIMEOUT_S, MAX_BACKOFF_S
 from .stable import DEFAULT_MARGIN
 
 if TYPE_CHECKING:
     from .backends import Backend
+    from .cameras import CameraPipeline
     from .manifest import Manifest
     from .outputs import Output
+    from .pipeline import Pipeline
+    from .sources import FrameSource
     from .stream_state import PipelineConfig
 
 PROG = "provq-run"
@@ -264,6 +267,54 @@ def pipeline_config(args: argparse.Namespace, tokens: Path | None) -> PipelineCo
     )
 
 
+def open_run_source(args: argparse.Namespace, uri: str) -> FrameSource:
+    """One input opened with the input options (sizes, rate, loop, live queue, reconnects)."""
+    from .sources import open_source
+
+    return open_source(
+        uri,
+        width=args.input_width,
+        height=args.input_height,
+        rate=args.input_rate,
+        loop=args.input_loop,
+        realtime=args.realtime,
+        live_queue=args.live_queue,
+        retries=args.retries,
+        stall_timeout_s=args.stall_timeout,
+    )
+
+
+def run_pipeline(
+    pipeline: Pipeline | CameraPipeline,
+    status_text: Callable[[Any], str],
+    args: argparse.Namespace,
+    manifest: Manifest,
+    **fields: Any,
+) -> tuple[Any, dict[str, Any], list[str]]:
+    """Run one stream's Pipeline or the cameras' CameraPipeline with ``status_text(progress)`` as the status line,
+    SIGINT and SIGTERM ending it cleanly. Returns (its report, the report's JSON with the backend, the model, the
+    codec, ``fields`` and the signal that ended it, the signals received)."""
+    backend = pipeline.backend
+    status = StatusLine()
+    with stop_on_signals(pipeline.stop) as received:
+        try:
+            report = pipeline.run(lambda progress: status.update(status_text(progress)))
+        finally:
+            status.done()
+    summary = report.to_json()
+    summary.update(
+        backend=backend.name,
+        precision=backend.precision,
+        encoder_precision=backend.parts["encoder"],
+        model=str(manifest.directory),
+        preset=manifest.data.get("preset"),
+        **fields,
+        codec=args.codec,
+        signal=received[0] if received else None,
+    )
+    return report, summary, received
+
+
 def _run(args: argparse.Namespace) -> int:
     if args.inputs is not None:
         from .run_cameras import run_cameras
@@ -273,24 +324,11 @@ def _run(args: argparse.Namespace) -> int:
     from .outputs import open_output
     from .pipeline import Pipeline, Progress
     from .source_uri import display
-    from .sources import open_source
 
     _check_paths(args)
     manifest = load_manifest(args.model)
     with ExitStack() as stack:
-        source = stack.enter_context(
-            open_source(
-                args.input,
-                width=args.input_width,
-                height=args.input_height,
-                rate=args.input_rate,
-                loop=args.input_loop,
-                realtime=args.realtime,
-                live_queue=args.live_queue,
-                retries=args.retries,
-                stall_timeout_s=args.stall_timeout,
-            )
-        )
+        source = stack.enter_context(open_run_source(args, args.input))
         output = None
         if args.output is not None and not (args.headless and args.output.lower().startswith("display://")):
             output = open_output(args.output, fps=source.fps)
@@ -299,39 +337,27 @@ def _run(args: argparse.Namespace) -> int:
         stack.callback(backend.close)
         print(f"{PROG}: {source.describe()} | {backend.describe()}", file=sys.stderr)
         pipeline = Pipeline(source, backend, pipeline_config(args, args.tokens), output)
-        status = StatusLine()
-        recent: deque[tuple[float, int]] = deque(maxlen=5)  # (elapsed, frames) over the last ~2 s
+        rates = RecentRates()
 
-        def on_progress(p: Progress) -> None:
-            recent.append((p.elapsed_s, p.frames))
-            t0, n0 = recent[0]
-            fps = f"{(p.frames - n0) / (p.elapsed_s - t0):.1f}" if p.elapsed_s > t0 else "-"
+        def status_text(p: Progress) -> str:
+            (fps,) = rates.update(p.elapsed_s, [p.frames])
             size = f"{p.size[0]}x{p.size[1]}" if p.size else "-"
             tokens = f"{p.grid[0] * p.grid[1]} tokens/frame" if p.grid else "- tokens/frame"
             per_frame = f"{p.stream_bytes / p.stream_frames:.0f} B/frame" if p.stream_frames else "- B/frame"
             total = f"/{min(source.total, args.max_frames or source.total)}" if source.total else ""
-            status.update(
+            return (
                 f"{backend.name} {backend.precision} | {size} | {fps} FPS | {tokens} | {per_frame} | "
                 f"frame {p.frames}{total}"
             )
 
-        with stop_on_signals(pipeline.stop) as received:
-            try:
-                report = pipeline.run(on_progress)
-            finally:
-                status.done()
-        summary = report.to_json()
-        summary.update(
-            backend=backend.name,
-            precision=backend.precision,
-            encoder_precision=backend.parts["encoder"],
-            model=str(manifest.directory),
-            preset=manifest.data.get("preset"),
+        _, summary, received = run_pipeline(
+            pipeline,
+            status_text,
+            args,
+            manifest,
             input=display(args.input, limit=1000),
             output=args.output,
             tokens=str(args.tokens) if args.tokens else None,
-            codec=args.codec,
-            signal=received[0] if received else None,
         )
     if args.json is not None:
         write_json_atomic(args.json, summary)

@@ -104,7 +104,7 @@ class TensorRTRunner:
         if engine is None:
             raise EdgeError(
                 f"TensorRT could not deserialize {self.engine_path} (see the log above): rebuild it with: "
-                f"{rebuild_command(manifest.directory, self.part, self.precision, dla_core=self.meta.dla_core)}"
+                f"{rebuild_command(manifest, self.part, self.precision, dla_core=self.meta.dla_core)}"
             )
         self._engine = engine
         inputs, outputs = [], []
@@ -146,9 +146,7 @@ class TensorRTRunner:
         lo = tuple(map(min, image_shape(manifest, part, self.profile.min), image_shape(manifest, part, shape)))
         hi = tuple(map(max, image_shape(manifest, part, self.profile.max), image_shape(manifest, part, shape)))
         opt = image_shape(manifest, part, self.profile.opt)
-        cmd = rebuild_command(
-            manifest.directory, part, self.precision, ShapeProfile(lo, opt, hi), dla_core=self.meta.dla_core
-        )
+        cmd = rebuild_command(manifest, part, self.precision, ShapeProfile(lo, opt, hi), dla_core=self.meta.dla_core)
         return EdgeError(
             f"{part} input {format_shape(shape)} is outside the engine's profile {format_shape(self.profile.min)}.."
             f"{format_shape(self.profile.max)} ({self.engine_path.name}): rebuild it with: {cmd}"

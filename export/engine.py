@@ -248,7 +248,7 @@ def _network_input(network: Any, plan: BuildPlan) -> None:
         )
 
 
-def _build(trt: ModuleType, plan: BuildPlan) -> bytes | Any:
+def _run_builder(trt: ModuleType, plan: BuildPlan) -> bytes | Any:
     """Run the TensorRT builder for ``plan``; returns the serialized engine and saves the timing cache."""
     r = plan.request
     logger = trt.Logger(trt.Logger.WARNING)
@@ -298,29 +298,19 @@ def _build(trt: ModuleType, plan: BuildPlan) -> bytes | Any:
     return serialized
 
 
-def build_engine(
-    model_dir: Path | str,
-    part: str,
-    precision: str,
-    *,
-    min_shape: Shape | None = None,
-    opt_shape: Shape | None = None,
-    max_shape: Shape | None = None,
-    max_batch: int | None = None,
-    workspace_mb: int = DEFAULT_WORKSPACE_MB,
-    dla_core: int | None = None,
-    out_dir: Path | str | None = None,
-    rebuild: bool = False,
-) -> Path:
+def build_engine(model_dir: Path | str, part: str, precision: str, *, rebuild: bool = False, **options: Any) -> Path:
+    """``build_request(make_request(model_dir, part, precision, **options))``; ``options`` are make_request's
+    keywords (the shapes, ``max_batch``, ``workspace_mb``, ``dla_core``, ``out_dir``), so a bad request is refused
+    (one-line EdgeError) before TensorRT is imported."""
+    return build_request(make_request(model_dir, part, precision, **options), rebuild=rebuild)
+
+
+def build_request(request: EngineRequest, *, rebuild: bool = False) -> Path:
     """Build (or reuse) the TensorRT engine of one model part; returns the engine path (sidecar beside it).
 
-    Raises EdgeError (one line) for a bad request, a missing tensorrt or cuda-python, a stale engine without
-    ``rebuild``, an ONNX file TensorRT rejects, or a failed build.
+    Raises EdgeError (one line) for a missing tensorrt or cuda-python, a stale engine without ``rebuild``, an ONNX
+    file TensorRT rejects, or a failed build.
     """
-    request = make_request(
-        model_dir, part, precision, min_shape=min_shape, opt_shape=opt_shape, max_shape=max_shape,
-        max_batch=max_batch, workspace_mb=workspace_mb, dla_core=dla_core, out_dir=out_dir,
-    )  # fmt: skip
     preview = trtexec_command(plan_build(request, ASSUMED_TRT, None))
     trt = import_tensorrt(f"; the equivalent trtexec command is: {preview}")
     device = probe_device(CudaRuntime.load())
@@ -336,16 +326,17 @@ def build_engine(
     request.manifest.verify(plan.onnx_path)
     log.info(
         "building %s %s engine for %s with TensorRT %s (profile %s); this takes minutes on a Jetson",
-        part, precision, device, trt.__version__, request.profile,
+        request.part, request.precision, device, trt.__version__, request.profile,
     )  # fmt: skip
     request.out_dir.mkdir(parents=True, exist_ok=True)
-    serialized = _build(trt, plan)
+    serialized = _run_builder(trt, plan)
     sidecar_path(engine_path).unlink(missing_ok=True)  # a crash below leaves no sidecar, so no stale match
     write_bytes_atomic(engine_path, serialized)
     meta = make_meta(
-        request.manifest, part=part, precision=precision, input_name=request.input_name, profile=request.profile,
-        device=device, trt_version=trt.__version__, dla_core=request.dla_core, onnx_file=plan.onnx_path.name,
-        onnx_sha256=request.manifest.data["sha256"][plan.onnx_path.name], strongly_typed=plan.strongly_typed,
+        request.manifest, part=request.part, precision=request.precision, input_name=request.input_name,
+        profile=request.profile, device=device, trt_version=trt.__version__, dla_core=request.dla_core,
+        onnx_file=plan.onnx_path.name, onnx_sha256=request.manifest.data["sha256"][plan.onnx_path.name],
+        strongly_typed=plan.strongly_typed,
     )  # fmt: skip
     write_sidecar(engine_path, meta)
     log.info("wrote %s and its sidecar", engine_path)

@@ -30,7 +30,7 @@ from .engine import (
     ASSUMED_TRT,
     DEFAULT_MAX_BATCH,
     DEFAULT_WORKSPACE_MB,
-    build_engine,
+    build_request,
     make_request,
     plan_build,
     trtexec_command,
@@ -110,7 +110,7 @@ def _run(args: argparse.Namespace, prog: str) -> int:
             raise
         lines = " && ".join(trtexec_command(plan_build(r, ASSUMED_TRT, None)) for r in requests)
         raise EdgeError(f"{TRT_MISSING}; the equivalent trtexec command is: {lines}") from None
-    paths = [build_engine(args.model_dir, part, args.precision, rebuild=args.rebuild, **options) for part in parts]
+    paths = [build_request(request, rebuild=args.rebuild) for request in requests]
     for path in paths:
         print(f"{prog}: {path}")
     print(

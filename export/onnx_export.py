@@ -15,9 +15,6 @@ failed export leaves the previous directory untouched.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -29,7 +26,7 @@ import torch
 from provq.edge_runtime import manifest as mf
 from provq.edge_runtime.backends import cpu_session
 from provq.edge_runtime.formats.errors import ProvqError
-from provq.edge_runtime.formats.files import sha256_file
+from provq.edge_runtime.formats.files import sha256_file, staged_directory
 from provq.edge_runtime.formats.graph import IDS, IMAGES
 from provq.edge_runtime.formats.manifest import ModelManifest, write_codebook, write_manifest
 from provq.edge_runtime.formats.manifest import codebook_sha256 as fingerprint
@@ -197,12 +194,7 @@ def export_model(ckpt: str | Path, out: str | Path) -> mf.Manifest:
         raise ProvqError(f"{checkpoint.resolve(ckpt)} was saved before its codebook was set: train past the warm-up")
     cfg = model.config
     ds = cfg.downsample
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; the model directory is an ordinary folder
-    try:
+    with staged_directory(out) as staging:
         encoder_path, decoder_path = export_graphs(model, staging)
         parity = check_parity(model, encoder_path, decoder_path)
         half = staging / "encoder.fp16.onnx", staging / "decoder.fp16.onnx"
@@ -250,19 +242,4 @@ def export_model(ckpt: str | Path, out: str | Path) -> mf.Manifest:
         )
         write_codebook(staging, model.quantizer.codebook.detach().cpu().float().numpy())
         write_manifest(staging, fields)
-        _move_into_place(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return mf.load_manifest(out)
-
-
-def _move_into_place(staging: Path, out: Path) -> None:
-    """Swap the finished staging directory in for ``out`` (an old model directory is removed only afterwards)."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        out.rename(old)
-    staging.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

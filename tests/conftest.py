@@ -1,4 +1,5 @@
-"""Shared fixtures: small folders of real photos (shipped sample and held-out ones) for fast training runs."""
+"""Shared fixtures: small folders of real photos (shipped sample and held-out ones) for fast training runs, the
+exported default model, RTSP servers, and the fake TensorRT with a tiny model directory for the engine tests."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 from provq.train.data import sample_dir
 
 if TYPE_CHECKING:
+    from fake_tensorrt import FakeState
     from rtsp_server import RtspServer
 
 AARCH64_SWITCH = "PROVQ_CI_AARCH64"  # =1: run the aarch64-marked tests (the emulated arm64 root) too
@@ -120,3 +122,19 @@ def rtsp_servers(rtsp_available: None) -> Iterator[Callable[..., RtspServer]]:
     yield start
     for server in made:
         server.stop()
+
+
+@pytest.fixture(params=["10.3.0", "11.4.1"])
+def fake(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> FakeState:
+    """The fake tensorrt + cuda-python in sys.modules, once per TensorRT major version."""
+    from engine_helpers import install_fake
+
+    return install_fake(monkeypatch, request.param)
+
+
+@pytest.fixture
+def model(tmp_path: Path) -> Path:
+    """A tiny model directory of the engine tests: manifest.json plus fake ONNX files (tests/engine_helpers.py)."""
+    from engine_helpers import make_model_dir
+
+    return make_model_dir(tmp_path)

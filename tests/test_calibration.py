@@ -205,7 +205,7 @@ def test_shipped_int8_files_give_the_model_of_records_ids(unseen_photo_dir: Path
 
 @pytest.mark.parametrize("decoder", ["int8", "int8-cpu"])
 def test_shipped_fp16_encoder_with_int8_decoder_keeps_the_ids(unseen_photo_dir: Path, decoder: str) -> None:
-    """The deployment goal, on real photos that neither training nor calibration saw: >= 98% of FP32's ids and a PSNR
+    """The deployment target, on real photos that neither training nor calibration saw: >= 98% of FP32's ids and a PSNR
     within 0.2 dB of FP32's, with the FP16 encoder (every FP16 tensor rounded) and the INT8 decoder.
     Measured (docs/INT8.md): 99.8% of ids and 0.02-0.1 dB on three sources."""
     import cv2

@@ -13,8 +13,8 @@ import onnx
 import pytest
 
 from provq.edge_runtime.errors import EdgeError
-from provq.edge_runtime.formats import errors, pixels
-from provq.edge_runtime.formats.files import atomic_path, write_bytes_atomic
+from provq.edge_runtime.formats import errors, files, pixels
+from provq.edge_runtime.formats.files import atomic_path, staged_directory, write_bytes_atomic
 from provq.edge_runtime.formats.graph import IDS, IMAGES, QUANTIZER_SCOPE
 from provq.edge_runtime.formats.manifest import NAME, read_manifest, write_manifest
 from provq.edge_runtime.formats.media import IMAGE_EXTENSIONS
@@ -97,6 +97,54 @@ def test_an_interrupted_atomic_write_keeps_the_old_file(tmp_path: Path) -> None:
         tmp.write_bytes(b"half")
         raise OSError("disk full")
     assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["out.bin"]
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_a_staged_directory_replaces_the_old_one_only_when_complete(tmp_path: Path, monkeypatch) -> None:
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "old.txt").write_bytes(b"old")
+    synced = []
+    monkeypatch.setattr(files, "_fsync_path", lambda path, *flags: synced.append(Path(path)))
+    with staged_directory(out) as staging:
+        (staging / "sub").mkdir()
+        (staging / "sub" / "new.bin").write_bytes(b"new")
+        (staging / "top.txt").write_bytes(b"top")
+        assert staging.parent == tmp_path and staging.name.startswith(".model.")
+        assert _tree(out) == {"old.txt": b"old"}  # the old directory is whole until the new one is complete
+    assert _tree(out) == {"sub/new.bin": b"new", "top.txt": b"top"}
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no staging folder, no .model.old
+    assert oct(out.stat().st_mode & 0o777) != oct(0o700)  # an ordinary folder, not mkdtemp's private one
+    names = [p.name for p in synced]
+    assert {"new.bin", "top.txt", "sub"} <= set(names) and synced[-1] == tmp_path  # files, folders, the parent
+    assert names.index("new.bin") < names.index("sub")  # a folder after what it holds
+
+
+def test_a_failed_staged_directory_leaves_the_old_one(tmp_path: Path, monkeypatch) -> None:
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "old.txt").write_bytes(b"old")
+    with pytest.raises(OSError, match="disk full"), staged_directory(out) as staging:
+        (staging / "half.bin").write_bytes(b"half")
+        raise OSError("disk full")
+    assert _tree(out) == {"old.txt": b"old"} and [p.name for p in tmp_path.iterdir()] == ["model"]
+    rename = Path.rename
+
+    def failing_swap(self: Path, target: Path) -> Path:  # the old directory moved aside, the new one fails to move in
+        if self.name.startswith(".model.") and self.name != ".model.old":
+            raise OSError("rename failed")
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", failing_swap)
+    with pytest.raises(OSError, match="rename failed"), staged_directory(out) as staging:
+        (staging / "new.bin").write_bytes(b"new")
+    assert _tree(out) == {"old.txt": b"old"} and [p.name for p in tmp_path.iterdir()] == ["model"]
+    with staged_directory(tmp_path / "a" / "fresh") as staging:  # no old directory, parents made
+        (staging / "x").write_bytes(b"x")
+    assert _tree(tmp_path / "a") == {"fresh/x": b"x"}
 
 
 def test_the_shipped_graphs_use_the_shared_names() -> None:

@@ -6,8 +6,10 @@ like a camera, told when to drop its connection). The backend is the shipped def
 
 from __future__ import annotations
 
+import os
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,8 +20,9 @@ from test_sources import ClipCameraDevice, Connection
 
 from provq.edge_runtime import pipeline as pipeline_module
 from provq.edge_runtime import token_sink
-from provq.edge_runtime.backends import Backend, open_backend
+from provq.edge_runtime.backends import Backend, cpu_session, open_backend
 from provq.edge_runtime.errors import EdgeError
+from provq.edge_runtime.manifest import default_model_dir
 from provq.edge_runtime.outputs import ImageOutput, VideoOutput, gui_backend, open_output
 from provq.edge_runtime.pipeline import Pipeline, PipelineConfig
 from provq.edge_runtime.sources import LiveSource, open_source
@@ -104,6 +107,36 @@ def test_video_is_renamed_only_on_a_clean_close(tmp_path: Path) -> None:
     cap = cv2.VideoCapture(str(path))
     assert cap.get(cv2.CAP_PROP_FRAME_COUNT) == 1 and cap.get(cv2.CAP_PROP_FRAME_WIDTH) == SMALL
     cap.release()
+
+
+def test_a_video_is_fsynced_before_its_rename_and_a_failed_one_leaves_output(tmp_path: Path, monkeypatch) -> None:
+    frames = _clip_frames(2)
+    path = tmp_path / "out.mp4"
+    path.write_bytes(b"\x00\x00\x00\x08ftyp")  # an existing video, to be replaced
+    synced = []
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}")))
+    output = VideoOutput(path, 25)
+    output.write(frames[0])
+    output.close(ok=True)
+    assert synced == [str(output.partial), str(tmp_path)] and path.stat().st_size > 8
+
+    def disk_full(fd: int) -> None:
+        raise OSError("disk full")
+
+    before = path.read_bytes()
+    monkeypatch.setattr(os, "fsync", disk_full)
+    output = VideoOutput(path, 25)
+    output.write(frames[0])
+    with pytest.raises(OSError, match="disk full"):
+        output.close(ok=True)
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["out.mp4"]
+
+
+def test_a_plain_cpu_session_takes_an_intra_op_thread_count() -> None:
+    encoder = default_model_dir() / "encoder.onnx"
+    options = cpu_session(encoder, threads=1).get_session_options()
+    assert (options.intra_op_num_threads, options.inter_op_num_threads) == (1, 1)
+    assert cpu_session(encoder).get_session_options().intra_op_num_threads == 0  # ONNX Runtime's default
 
 
 def test_image_output_numbers_frames_from_zero(tmp_path: Path) -> None:
@@ -216,13 +249,33 @@ def test_stop_finishes_queued_frames_and_flushes(backend: Backend, tmp_path: Pat
     assert len(items) == report.frames and reader.report.ok and reader.report.torn_tail_bytes == 0
 
 
+class PacedBackend:
+    """The real backend, its encoder held to at least ``every_s`` per call: a model slower than the camera, as on
+    a loaded device, whatever this machine's speed."""
+
+    def __init__(self, backend: Backend, every_s: float) -> None:
+        self.backend, self.every_s = backend, every_s
+
+    def encode(self, images: np.ndarray) -> np.ndarray:
+        start = time.monotonic()
+        ids = self.backend.encode(images)
+        time.sleep(max(0.0, start + self.every_s - time.monotonic()))
+        return ids
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.backend, name)
+
+
 def test_live_source_drops_old_frames_and_its_gaps_go_into_the_stream(backend: Backend, tmp_path: Path) -> None:
+    """A 100 FPS camera that disconnects after 10 frames, read by a 20 FPS model: frames are dropped, and the
+    outage (inside the 8 frames taken) is a gap in the stream."""
     camera = ClipCameraDevice(Connection(fail_after=10), Connection(), fps=100.0)
     uri = "rtsp://admin:secret@cam:554/live"
     source = LiveSource(uri, camera.open, width=SMALL, retries=3, backoff_s=0.01, stall_timeout_s=1.0)
-    output = open_output(str(tmp_path / "rec"), 25)  # reconstructing keeps the pipeline slower than the camera
+    output = open_output(str(tmp_path / "rec"), 25)
+    slow = PacedBackend(backend, every_s=0.05)
     with source:
-        report = Pipeline(source, backend, PipelineConfig(max_frames=8, tokens=tmp_path / "t.ptok"), output).run()
+        report = Pipeline(source, slow, PipelineConfig(max_frames=8, tokens=tmp_path / "t.ptok"), output).run()
     assert report.frames == 8 and report.dropped == source.dropped > 0
     assert len(report.gaps) == len(source.gaps) == 1
     items, reader = _read_all(tmp_path / "t.ptok")

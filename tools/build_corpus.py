@@ -29,8 +29,9 @@ Output (OUT):
                                             excluded file with the reason, the command line, sizes on disk
 KEY is ``s{factor}_y{row}_x{col}`` for a photo and ``f{frame}_s{factor}_y{row}_x{col}`` for a clip frame (pixel
 offsets in the reduced image). ``--max-bytes`` takes the crops in order of the SHA-256 of their keys and keeps
-each one that still fits in that many JPEG bytes. The build writes into OUT.partial and replaces OUT only when it is
-complete; the same inputs and library versions give byte-identical crops and shards.
+each one that still fits in that many JPEG bytes. The build writes into a hidden folder beside OUT (removed if the
+build fails) and replaces OUT only when it is complete (``formats.files.staged_directory``); the same inputs and
+library versions give byte-identical crops and shards.
 """
 
 from __future__ import annotations
@@ -38,10 +39,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import re
 import shlex
-import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -53,6 +52,7 @@ import numpy as np
 from corpus_fetch import CorpusError, Source, collect_sources
 
 from provq.edge_runtime.console import command_frame
+from provq.edge_runtime.formats.files import staged_directory
 
 
 @dataclass
@@ -272,30 +272,23 @@ def build(args: argparse.Namespace) -> dict:
     assign_splits(sources, args.val_fraction)
     all_crops, stats = make_crops(sources, args)
     crops = limit_bytes(all_crops, args.max_bytes)
-    partial = out.with_name(out.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    for c in crops:
-        path = partial / "images" / c.split / f"{c.key}.jpg"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(c.data)
-    for split in ("train", "val"):
-        (partial / "images" / split).mkdir(parents=True, exist_ok=True)
-    summary = summarise(sources, stats, crops, record, args)
-    summary["shards"] = {
-        s: write_shards(crops, partial / "shards", s, args.shard_count, args.shard_bytes) for s in ("train", "val")
-    }
-    summary["bytes_on_disk"] = {
-        "images_train": folder_bytes(partial / "images" / "train"),
-        "images_val": folder_bytes(partial / "images" / "val"),
-        "shards": folder_bytes(partial / "shards"),
-    }
-    (partial / "corpus.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    old = out.with_name(out.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        os.rename(out, old)
-    os.rename(partial, out)
-    shutil.rmtree(old, ignore_errors=True)
+    with staged_directory(out) as partial:
+        for c in crops:
+            path = partial / "images" / c.split / f"{c.key}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(c.data)
+        for split in ("train", "val"):
+            (partial / "images" / split).mkdir(parents=True, exist_ok=True)
+        summary = summarise(sources, stats, crops, record, args)
+        summary["shards"] = {
+            s: write_shards(crops, partial / "shards", s, args.shard_count, args.shard_bytes) for s in ("train", "val")
+        }
+        summary["bytes_on_disk"] = {
+            "images_train": folder_bytes(partial / "images" / "train"),
+            "images_val": folder_bytes(partial / "images" / "val"),
+            "shards": folder_bytes(partial / "shards"),
+        }
+        (partial / "corpus.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     return summary
 
 

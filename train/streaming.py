@@ -38,7 +38,7 @@ import os
 import signal
 from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -148,6 +148,7 @@ def collate(items: list[Item]) -> Batch:
     return Batch(to_tensor(frames), [it._replace(crop=None) for it in items])
 
 
+@dataclass(eq=False)  # eq=False: compared and hashed by identity, like any Dataset
 class CropDataset(torch.utils.data.Dataset):
     """Map-style dataset of one rank's shard: item (stream, step, slot, position) -> Item.
 
@@ -155,15 +156,13 @@ class CropDataset(torch.utils.data.Dataset):
     numpy's PCG64 seeded (seed, rank, stream, step, slot).
     """
 
-    def __init__(
-        self, frames: Frames, files: np.ndarray, positions: np.ndarray, *, crop: int, seed: int, rank: int
-    ) -> None:
-        self.frames = frames
-        self.files = files
-        self.positions = positions
-        self.crop = crop
-        self.seed = seed
-        self.rank = rank
+    frames: Frames
+    files: np.ndarray
+    positions: np.ndarray
+    _: KW_ONLY
+    crop: int  # crops are crop x crop
+    seed: int
+    rank: int
 
     def __len__(self) -> int:
         return len(self.files)

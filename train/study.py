@@ -42,10 +42,10 @@ from typing import Any
 
 import torch
 
-from provq.edge_runtime.console import command_frame, command_parser
 from provq.edge_runtime.formats.versions import package_versions
 
-from . import peer_quantizers
+from . import commands, peer_quantizers
+from .commands import Option
 from .errors import ProvqError
 from .presets import PRESETS
 from .trainer import TrainConfig, train
@@ -84,6 +84,25 @@ class StudyConfig:
     progress: bool = True
 
 
+# StudyConfig fields that every method's TrainConfig takes as they are.
+SHARED_FIELDS = (
+    "data",
+    "val",
+    "preset",
+    "code_dim",
+    "steps",
+    "batch_size",
+    "crop",
+    "lr",
+    "lam",
+    "kmeans_points",
+    "val_size",
+    "val_frames",
+    "device",
+    "progress",
+)
+
+
 def parse_methods(text: str) -> tuple[str, ...]:
     """Comma-separated method names (or 'all') -> a tuple in the given order, duplicates dropped."""
     names = METHODS if text.strip() == "all" else tuple(n.strip() for n in text.split(",") if n.strip())
@@ -96,24 +115,11 @@ def parse_methods(text: str) -> tuple[str, ...]:
 def train_config(study: StudyConfig, method: str, seed: int) -> TrainConfig:
     """The trainer's configuration of one method and seed: everything but the quantizer is shared."""
     shared = TrainConfig(
-        data=study.data,
-        val=study.val,
+        **{name: getattr(study, name) for name in SHARED_FIELDS},
         out=str(run_dir(study, method, seed)),
-        preset=study.preset,
-        code_dim=study.code_dim,
-        steps=study.steps,
-        batch_size=study.batch_size,
-        crop=study.crop,
-        lr=study.lr,
-        lam=study.lam,
-        kmeans_points=study.kmeans_points,
         eval_every=study.eval_every or max(1, study.steps // 10),
         checkpoint_every=study.steps,
-        val_size=study.val_size,
-        val_frames=study.val_frames,
         seed=seed,
-        device=study.device,
-        progress=study.progress,
     )
     if method == "provq":
         return replace(
@@ -289,84 +295,51 @@ def plot_study(result: dict[str, Any], path: str | Path) -> None:
     plt.close(fig)
 
 
+# The flags set from StudyConfig fields, in --help order, before --methods, --json and --plot (see commands.py).
+STUDY_OPTIONS = (
+    Option("data", "folder of images/videos, one video, or 'sample' (default: %(default)s)"),
+    Option("val", "validation folder/file (default: hold out part of --data)"),
+    Option("out", "folder for each run's files (default: %(default)s)"),
+    commands.PRESET,
+    commands.CODE_DIM,
+    Option("steps", "optimizer steps per run (default: %(default)s)"),
+    Option("seeds", "runs per method (default: %(default)s)"),
+    Option("batch_size", "(default: %(default)s)"),
+    commands.CROP,
+    commands.LR,
+    Option("warmup_steps", "ProVQ warm-up (default: 20%% of --steps)"),
+    Option("transition_steps", "ProVQ transition (default: 30%% of --steps)"),
+    Option("lam", "ProVQ VQ-loss weight at first (default: %(default)s)"),
+    Option("restart_every", "kmeans-restart interval (default: %(default)s)"),
+    Option(
+        "provq_restart_every",
+        "add dead-code restarts at this interval to provq (not in the paper; default: %(default)s = off)",
+    ),
+    Option("kmeans_points", "0 = 20 x codebook size (default)"),
+    Option("eval_every", "validation interval (default: --steps / 10)"),
+    commands.VAL_SIZE,
+    commands.VAL_FRAMES,
+    commands.DEVICE,
+    Option("progress", "no progress bars"),
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    d = StudyConfig()
-    p = command_parser(
-        PROG, "Train the same tokenizer under several quantizers and compare them on the same validation data.", __doc__
-    )
-    p.add_argument("--data", default=d.data, help="folder of images/videos, one video, or 'sample' (default: sample)")
-    p.add_argument("--val", default=None, help="validation folder/file (default: hold out part of --data)")
-    p.add_argument("--out", default=d.out, help="folder for each run's files (default: %(default)s)")
+    description = "Train the same tokenizer under several quantizers and compare them on the same validation data."
+    p = commands.options_parser(PROG, description, __doc__, StudyConfig, STUDY_OPTIONS)
+    p.add_argument("--methods", default="all", help=f"comma-separated, from {','.join(METHODS)} (default: all)")
     p.add_argument("--json", default=None, help="study figures as JSON (default: OUT/study.json)")
     p.add_argument("--plot", default=None, help="PNG of PSNR and codebook usage against steps (needs matplotlib)")
-    p.add_argument("--methods", default="all", help=f"comma-separated, from {','.join(METHODS)} (default: all)")
-    p.add_argument("--preset", default=d.preset, choices=list(PRESETS), help="model size (default: %(default)s)")
-    p.add_argument("--code-dim", type=int, default=None, help="codebook vector dimension (default: the preset's)")
-    p.add_argument("--steps", type=int, default=d.steps, help="optimizer steps per run (default: %(default)s)")
-    p.add_argument("--seeds", type=int, default=d.seeds, help="runs per method (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="(default: %(default)s)")
-    p.add_argument("--crop", type=int, default=d.crop, help="training crop size in pixels (default: %(default)s)")
-    p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (default: %(default)s)")
-    p.add_argument("--warmup-steps", type=int, default=None, help="ProVQ warm-up (default: 20%% of --steps)")
-    p.add_argument("--transition-steps", type=int, default=None, help="ProVQ transition (default: 30%% of --steps)")
-    p.add_argument("--lam", type=float, default=d.lam, help="ProVQ VQ-loss weight at first (default: %(default)s)")
-    p.add_argument(
-        "--restart-every", type=int, default=d.restart_every, help="kmeans-restart interval (default: %(default)s)"
-    )
-    p.add_argument(
-        "--provq-restart-every",
-        type=int,
-        default=d.provq_restart_every,
-        help="add dead-code restarts at this interval to provq (not in the paper; default: %(default)s = off)",
-    )
-    p.add_argument("--kmeans-points", type=int, default=d.kmeans_points, help="0 = 20 x codebook size (default)")
-    p.add_argument("--eval-every", type=int, default=None, help="validation interval (default: --steps / 10)")
-    p.add_argument(
-        "--val-size", type=int, default=d.val_size, help="validation centre-crop size (default: %(default)s)"
-    )
-    p.add_argument(
-        "--val-frames",
-        type=int,
-        default=d.val_frames,
-        help="at most this many validation frames, spread evenly (default: %(default)s)",
-    )
-    p.add_argument("--device", default=d.device, choices=("auto", "cpu", "cuda"), help="(default: %(default)s)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code (0 ok, 2 user error, 130/143 stopped by a signal)."""
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    args = build_parser().parse_args(argv)
-    return command_frame(PROG, lambda: _study(args))
+    return commands.run_command(PROG, build_parser(), _study, argv, log_level=logging.WARNING)
 
 
 def _study(args: argparse.Namespace) -> int:
-    study = StudyConfig(
-        data=args.data,
-        val=args.val,
-        out=args.out,
-        methods=parse_methods(args.methods),
-        preset=args.preset,
-        code_dim=args.code_dim,
-        steps=args.steps,
-        seeds=args.seeds,
-        batch_size=args.batch_size,
-        crop=args.crop,
-        lr=args.lr,
-        warmup_steps=args.warmup_steps,
-        transition_steps=args.transition_steps,
-        lam=args.lam,
-        restart_every=args.restart_every,
-        provq_restart_every=args.provq_restart_every,
-        kmeans_points=args.kmeans_points,
-        eval_every=args.eval_every,
-        val_size=args.val_size,
-        val_frames=args.val_frames,
-        device=args.device,
-        progress=not args.no_progress,
-    )
+    study = StudyConfig(**commands.option_values(args, STUDY_OPTIONS), methods=parse_methods(args.methods))
     result = run_study(study, plot=args.plot, log=lambda line: print(line, file=sys.stderr, flush=True))
     json_path = Path(args.json or Path(args.out) / "study.json")
     json_path.parent.mkdir(parents=True, exist_ok=True)

@@ -46,6 +46,18 @@ from .streaming import TrainingData
 
 log = logging.getLogger(__name__)
 
+# TrainConfig fields that TrainingData takes under the same names.
+DATA_FIELDS = (
+    "crop",
+    "workers",
+    "val_size",
+    "val_fraction",
+    "val_frames",
+    "max_video_frames",
+    "max_bad_fraction",
+    "reindex",
+)
+
 
 @dataclass
 class TrainConfig:
@@ -198,19 +210,12 @@ class Trainer:
         self.data = TrainingData(
             cfg.data,
             cfg.val,
-            crop=cfg.crop,
             multiple=self.model_cfg.downsample,
             seed=self.seed,
             rank=self.ctx.rank,
             world_size=self.ctx.world_size,
-            workers=cfg.workers,
-            val_size=cfg.val_size,
-            val_fraction=cfg.val_fraction,
-            val_frames=cfg.val_frames,
-            max_video_frames=cfg.max_video_frames,
-            max_bad_fraction=cfg.max_bad_fraction,
             cache_dir=Path(cfg.index_cache) if cfg.index_cache else None,
-            reindex=cfg.reindex,
+            **{name: getattr(cfg, name) for name in DATA_FIELDS},
         )
         self.val_frames = self.data.val_frames
         peer = None if self.quantizer_kind == "vq" else peer_quantizers.build(self.quantizer_kind, self.model_cfg)

@@ -2,7 +2,9 @@
 
 A file written here is complete or absent: the bytes go to a temporary name beside the destination, are flushed to
 disk (fsync), renamed over the destination, and the rename itself is made durable (fsync of the folder). A crash or
-a power loss leaves the old file or the new one, never half of one.
+a power loss leaves the old file or the new one, never half of one. A directory (a model directory, a calibration
+cache entry, a corpus) is written the same way as a whole: filled under a temporary name beside it, every file and
+folder in it fsynced, then swapped in for the old one (``staged_directory``).
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,12 +39,68 @@ def atomic_path(path: Path, suffix: str = "", *, fsync: bool = True) -> Iterator
     try:
         yield tmp
         if fsync:
-            _fsync_path(tmp)
-        os.replace(tmp, path)
-        if fsync:
-            _fsync_path(path.parent)
+            replace_durably(tmp, path)
+        else:
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def replace_durably(tmp: Path, path: Path) -> None:
+    """Rename the finished file ``tmp`` over ``path``: fsync of ``tmp``, the rename, fsync of the folder. What
+    ``atomic_path`` does on a clean exit, for a writer whose file outlives one ``with`` block (a video written frame
+    by frame and finished at its close)."""
+    _fsync_path(tmp)
+    os.replace(tmp, path)
+    _fsync_path(Path(path).parent)
+
+
+def _fsync_tree(root: Path) -> None:
+    """fsync every file and folder under ``root``, ``root`` last (a folder after what it holds)."""
+    for folder, _, files in os.walk(root, topdown=False):
+        for name in files:
+            _fsync_path(Path(folder, name))
+        _fsync_path(Path(folder))
+
+
+def _swap_in(staging: Path, path: Path) -> None:
+    """Rename ``staging`` to ``path``. An old ``path`` is renamed aside to ``.NAME.old`` first, put back if the
+    second rename fails, and removed only once the new one is durably in place (fsync of the parent folder)."""
+    old = path.with_name(f".{path.name}.old")
+    shutil.rmtree(old, ignore_errors=True)  # left by a process killed between the two renames
+    had_old = path.exists()
+    if had_old:
+        path.rename(old)
+    try:
+        staging.rename(path)
+    except BaseException:
+        if had_old:
+            old.rename(path)
+        raise
+    _fsync_path(path.parent)
+    if had_old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def staged_directory(path: Path) -> Iterator[Path]:
+    """Yield a new empty folder beside ``path`` (``.NAME.XXXXXXXX``, with an ordinary folder's permissions) to fill;
+    on a clean exit everything in it is fsynced and it replaces the directory ``path`` (which need not exist; its
+    parents are made), on an exception it is removed and ``path`` is left as it was. The old directory is renamed
+    aside (``.NAME.old``) for the swap and removed only once the new one is in place, so ``path`` never holds a
+    half-written directory; a crash between the swap's two renames leaves the old one as ``.NAME.old``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # mkdtemp makes it private (0700)
+    try:
+        yield staging
+        _fsync_tree(staging)
+        _swap_in(staging, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def write_bytes_atomic(path: Path, data: bytes | memoryview, *, fsync: bool = True) -> None:

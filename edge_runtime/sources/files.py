@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -13,23 +14,60 @@ from ..source_uri import display, opencv_has
 from .base import DEFAULT_FPS, Frame, FrameSource, _sane_fps
 
 
-class VideoFileSource(FrameSource):
+@dataclass(frozen=True)
+class Playback:
+    """How a file or folder is played (open_source checks the values)."""
+
+    width: int | None = None  # frames resized to this width (alone: the aspect ratio kept)
+    height: int | None = None
+    rate: float | None = None  # re-times fps and timestamps to this rate, without pacing; None: the file's own
+    loop: int = 0  # extra passes over the file or folder; -1: forever
+    realtime: bool = False  # hand frames over at their timestamps instead of as fast as they are taken
+
+
+class _FileSource(FrameSource):
+    """What video files and image sequences share: the first frame read when opening (so a bad file fails at once),
+    the size, rate and count it gives, loop passes and realtime pacing."""
+
+    def __init__(self, uri: str, playback: Playback) -> None:
+        super().__init__(uri, playback.width, playback.height)
+        self._playback = playback
+        self._passes_left = playback.loop
+        self._pacer = _Pacer() if playback.realtime else None
+        self._index = 0  # frames handed over
+
+    def _opened(self, first: np.ndarray, fps: float | None, frames_per_pass: int) -> None:
+        """Set ``fps`` (the asked rate, else ``fps``, else DEFAULT_FPS), ``size`` (the first frame's, fitted) and
+        ``total`` (None when the count is unknown or the loop endless)."""
+        loop = self._playback.loop
+        self.fps = float(self._playback.rate or fps or DEFAULT_FPS)
+        self.size = self._fitted_size(first)
+        self.total = frames_per_pass * (loop + 1) if frames_per_pass > 0 and loop >= 0 else None
+
+    def _another_pass(self) -> bool:
+        """Count one more loop pass; False when none are left."""
+        if self._passes_left == 0:
+            return False
+        if self._passes_left > 0:
+            self._passes_left -= 1
+        return True
+
+    def _hand_over(self, image: np.ndarray, timestamp_ms: float) -> Frame:
+        """The next Frame, fitted, once its time has come when playing in realtime."""
+        frame = Frame(self._index, timestamp_ms, self._fit(image))
+        self._index += 1
+        if self._pacer is not None:
+            self._pacer.wait(timestamp_ms)
+        return frame
+
+
+class VideoFileSource(_FileSource):
     """A video file read through OpenCV (FFmpeg backend). Frames are H x W x 3 uint8 BGR."""
 
     kind = "video file"
 
-    def __init__(
-        self,
-        uri: str,
-        path: str,
-        *,
-        width: int | None = None,
-        height: int | None = None,
-        rate: float | None = None,
-        loop: int = 0,
-        realtime: bool = False,
-    ) -> None:
-        super().__init__(uri, width, height)
+    def __init__(self, uri: str, path: str, playback: Playback) -> None:
+        super().__init__(uri, playback)
         self._path = path
         self._cap = self._open()
         try:
@@ -45,14 +83,9 @@ class VideoFileSource(FrameSource):
         except BaseException:
             self._cap.release()
             raise
-        self._retimed = rate is not None
-        self.fps = float(rate or native_fps or DEFAULT_FPS)
-        self.size = self._fitted_size(image)
-        self.total = count * (loop + 1) if count > 0 and loop >= 0 else None
+        self._retimed = playback.rate is not None
+        self._opened(image, native_fps, count)
         self._pending: tuple[np.ndarray, float] | None = (image, first_pos)
-        self._passes_left = loop
-        self._pacer = _Pacer() if realtime else None
-        self._index = 0  # frames handed over
         self._in_pass = 0  # frames handed over in this pass
         self._pass_offset_ms = 0.0
         self._last_ms = -1.0  # timestamp of the last frame within this pass
@@ -89,20 +122,14 @@ class VideoFileSource(FrameSource):
             in_pass_ms = max(in_pass_ms, self._last_ms + period)
         self._last_ms = in_pass_ms
         timestamp = self._pass_offset_ms + in_pass_ms
-        frame = Frame(self._index, timestamp, self._fit(image))
-        self._index += 1
         self._in_pass += 1
         self._last_ts = timestamp
-        if self._pacer is not None:
-            self._pacer.wait(timestamp)
-        return frame
+        return self._hand_over(image, timestamp)
 
     def _start_next_pass(self) -> bool:
         """Reopen the file for the next loop pass; False when no passes are left."""
-        if self._passes_left == 0:
+        if not self._another_pass():
             return False
-        if self._passes_left > 0:
-            self._passes_left -= 1
         self._cap.release()
         self._cap = self._open()
         self._pass_offset_ms = self._last_ts + 1000.0 / self.fps
@@ -114,34 +141,19 @@ class VideoFileSource(FrameSource):
         self._cap.release()
 
 
-class ImageSequenceSource(FrameSource):
+class ImageSequenceSource(_FileSource):
     """Image files (a folder, a glob or one file) read as stored: cv2.IMREAD_UNCHANGED keeps gray, BGRA and uint16."""
 
     kind = "images"
 
-    def __init__(
-        self,
-        uri: str,
-        files: tuple[Path, ...],
-        *,
-        width: int | None = None,
-        height: int | None = None,
-        rate: float | None = None,
-        loop: int = 0,
-        realtime: bool = False,
-    ) -> None:
-        super().__init__(uri, width, height)
+    def __init__(self, uri: str, files: tuple[Path, ...], playback: Playback) -> None:
+        super().__init__(uri, playback)
         if not files:
             raise EdgeError(f"{display(uri)} names no images: pass a folder, a glob or image files")
         self._files = files
         first = self._load(files[0])
-        self.fps = float(rate or DEFAULT_FPS)
-        self.size = self._fitted_size(first)
-        self.total = len(files) * (loop + 1) if loop >= 0 else None
+        self._opened(first, None, len(files))
         self._pending: np.ndarray | None = first
-        self._passes_left = loop
-        self._pacer = _Pacer() if realtime else None
-        self._index = 0
 
     @staticmethod
     def _load(path: Path) -> np.ndarray:
@@ -152,21 +164,13 @@ class ImageSequenceSource(FrameSource):
 
     def _next_frame(self) -> Frame | None:
         position = self._index % len(self._files)
-        if position == 0 and self._index > 0:
-            if self._passes_left == 0:
-                return None
-            if self._passes_left > 0:
-                self._passes_left -= 1
+        if position == 0 and self._index > 0 and not self._another_pass():
+            return None
         if self._pending is not None:
             image, self._pending = self._pending, None
         else:
             image = self._load(self._files[position])
-        timestamp = self._index * 1000.0 / self.fps
-        frame = Frame(self._index, timestamp, self._fit(image))
-        self._index += 1
-        if self._pacer is not None:
-            self._pacer.wait(timestamp)
-        return frame
+        return self._hand_over(image, self._index * 1000.0 / self.fps)
 
     def _release(self) -> None:
         self._pending = None

@@ -13,7 +13,7 @@ from ..live_options import DEFAULT_BACKOFF_S, DEFAULT_LIVE_QUEUE, DEFAULT_RETRIE
 from ..rtsp_probe import why_not_open
 from ..source_uri import csi_pipeline, opencv_has, parse_source_uri, rtsp_pipeline
 from .base import Capture, FrameSource
-from .files import ImageSequenceSource, VideoFileSource
+from .files import ImageSequenceSource, Playback, VideoFileSource
 from .live import LiveSource
 
 # FFmpeg's options for every capture it opens (OpenCV reads this variable at each open; a value the user set wins).
@@ -68,11 +68,9 @@ def open_source(
         raise EdgeError(f"backoff ({backoff_s}) must be >= 0 s and stall timeout ({stall_timeout_s}) > 0 s")
     spec = parse_source_uri(uri)
     if spec.kind == "video":
-        return VideoFileSource(uri, spec.location, width=width, height=height, rate=rate, loop=loop, realtime=realtime)
+        return VideoFileSource(uri, spec.location, Playback(width, height, rate, loop, realtime))
     if spec.kind == "images":
-        return ImageSequenceSource(
-            uri, spec.images, width=width, height=height, rate=rate, loop=loop, realtime=realtime
-        )
+        return ImageSequenceSource(uri, spec.images, Playback(width, height, rate, loop, realtime))
     opener, kind, hint, diagnose = _live_opener(
         spec.kind, spec.location, width=width, height=height, rate=rate, stall_timeout_s=stall_timeout_s
     )

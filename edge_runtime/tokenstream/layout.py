@@ -16,7 +16,7 @@ import struct
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 from .. import bitpack
 from ..errors import EdgeError
@@ -46,11 +46,12 @@ MAX_RECORDS = 1 << 16
 MAX_REASON_BYTES = 255
 
 HEADER_STRUCT = struct.Struct("<4sHH32sIBBBBIId8I")  # fixed part, followed by the metadata and a CRC-32
-CHUNK_STRUCT = struct.Struct("<4sIQIIIIHH")  # followed by the header CRC-32 and the payload CRC-32
+CHUNK_STRUCT = struct.Struct("<4sIQIIIIHH")  # magic and ChunkHeader, followed by CHUNK_CRC_STRUCT
+CHUNK_CRC_STRUCT = struct.Struct("<II")  # CRC-32 of the chunk header, CRC-32 of the payload
 CRC_STRUCT = struct.Struct("<I")
 RECORD_STRUCT = struct.Struct("<BQd")  # kind, frame index, timestamp ms
 GAP_STRUCT = struct.Struct("<dB")  # to ms, reason length
-CHUNK_HEADER_SIZE = CHUNK_STRUCT.size + 8
+CHUNK_HEADER_SIZE = CHUNK_STRUCT.size + CHUNK_CRC_STRUCT.size
 DEFAULT_LEVEL = {"zlib": 6, "zstd": 3}
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
@@ -100,6 +101,14 @@ class StreamHeader:
         return raw_bits_per_frame(self.grid_height, self.grid_width, self.codebook_size)
 
     @property
+    def max_record_bytes(self) -> int:
+        """The longest record a chunk of this stream can hold: a delta frame whose every id changed (mask and ids)
+        or a gap with the longest reason."""
+        cells = self.grid_height * self.grid_width
+        frame = bitpack.packed_size(cells, 1) + bitpack.packed_size(cells, self.bits_per_id)
+        return RECORD_STRUCT.size + max(frame, GAP_STRUCT.size + MAX_REASON_BYTES)
+
+    @property
     def downsample(self) -> int:
         return self.model_height // self.grid_height
 
@@ -119,6 +128,34 @@ class StreamHeader:
         )  # fmt: skip
         body = fixed + meta
         return body + CRC_STRUCT.pack(zlib.crc32(body))
+
+
+class ChunkHeader(NamedTuple):
+    """A chunk header's fields after the magic (``CHUNK_STRUCT``)."""
+
+    index: int  # 0, 1, 2, ... in file order
+    first_frame: int  # frame index of the chunk's first record
+    frames: int  # frame records
+    records: int  # frame and gap records, 1 .. MAX_RECORDS
+    stored_len: int  # payload bytes in the file
+    raw_len: int  # bytes of the records once decompressed
+    flags: int  # CHUNK_STORED or 0
+    reserved: int = 0  # always 0
+
+    def to_bytes(self, payload: bytes) -> bytes:
+        """The whole chunk: magic and header, the CRC-32s of both (``CHUNK_CRC_STRUCT``), then ``payload``."""
+        head = CHUNK_STRUCT.pack(CHUNK_MAGIC, *self)
+        return head + CHUNK_CRC_STRUCT.pack(zlib.crc32(head), zlib.crc32(payload)) + payload
+
+    @classmethod
+    def parse(cls, head: bytes) -> tuple[ChunkHeader, int] | None:
+        """(header, payload CRC-32) from the first ``CHUNK_HEADER_SIZE`` bytes of a chunk (magic already checked);
+        None when the header's CRC-32 does not match."""
+        fixed = head[: CHUNK_STRUCT.size]
+        head_crc, payload_crc = CHUNK_CRC_STRUCT.unpack_from(head, CHUNK_STRUCT.size)
+        if zlib.crc32(fixed) != head_crc:
+            return None
+        return cls(*CHUNK_STRUCT.unpack(fixed)[1:]), payload_crc
 
 
 def _metadata_bytes(metadata: Any) -> bytes:

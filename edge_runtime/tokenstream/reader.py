@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import struct
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,15 +20,14 @@ from .layout import (
     CHUNK_HEADER_SIZE,
     CHUNK_MAGIC,
     CHUNK_STORED,
-    CHUNK_STRUCT,
     DELTA,
     GAP,
     GAP_STRUCT,
     KEYFRAME,
     MAX_CHUNK_BYTES,
-    MAX_REASON_BYTES,
     MAX_RECORDS,
     RECORD_STRUCT,
+    ChunkHeader,
     StreamHeader,
     read_exact,
     read_header,
@@ -274,21 +272,18 @@ class TokenStreamReader:
             raise _Bad("trailing bytes that are not a chunk", None, pos + 1)
         if head[:4] != CHUNK_MAGIC:
             raise _Bad("no chunk magic", None, pos + 1)
-        _, index, first, n_frames, n_records, stored_len, raw_len, flags, reserved = CHUNK_STRUCT.unpack_from(head)
-        head_crc, payload_crc = struct.unpack_from("<II", head, CHUNK_STRUCT.size)
-        if zlib.crc32(head[: CHUNK_STRUCT.size]) != head_crc:
+        parsed = ChunkHeader.parse(head)
+        if parsed is None:
             raise _Bad("chunk header CRC mismatch", None, pos + 1)
+        (index, first, n_frames, n_records, stored_len, raw_len, flags, reserved), payload_crc = parsed
         h = self.header
-        cells, bits = h.grid_height * h.grid_width, h.bits_per_id
-        record_max = RECORD_STRUCT.size + max(bitpack.packed_size(cells, 1) + bitpack.packed_size(cells, bits),
-                                        GAP_STRUCT.size + MAX_REASON_BYTES)  # fmt: skip
         stored = (bool(flags & CHUNK_STORED) or h.codec == "none") and h.codec != "ctx"
         if (
             flags & ~CHUNK_STORED
             or reserved
             or not 1 <= n_records <= MAX_RECORDS
             or n_frames > n_records
-            or not n_records * RECORD_STRUCT.size <= raw_len <= min(MAX_CHUNK_BYTES, n_records * record_max)
+            or not n_records * RECORD_STRUCT.size <= raw_len <= min(MAX_CHUNK_BYTES, n_records * h.max_record_bytes)
             or stored_len > MAX_CHUNK_BYTES
             or (stored and stored_len != raw_len)
         ):

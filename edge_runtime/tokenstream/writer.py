@@ -7,7 +7,6 @@ import errno
 import logging
 import math
 import os
-import struct
 import zlib
 from dataclasses import fields
 from pathlib import Path
@@ -18,9 +17,7 @@ from .. import bitpack, ctxcoder, rans
 from ..errors import EdgeError
 from ..formats.files import write_bytes_atomic
 from .layout import (
-    CHUNK_MAGIC,
     CHUNK_STORED,
-    CHUNK_STRUCT,
     DEFAULT_LEVEL,
     DELTA,
     GAP,
@@ -30,6 +27,7 @@ from .layout import (
     MAX_REASON_BYTES,
     MAX_RECORDS,
     RECORD_STRUCT,
+    ChunkHeader,
     StreamHeader,
     zstandard,
 )
@@ -230,12 +228,12 @@ class TokenStreamWriter:
             payload = zlib.compress(raw, self.level)
         elif self.header.codec == "zstd":
             payload = zstandard.ZstdCompressor(level=self.level, write_content_size=True).compress(raw)
-        stored = len(payload) >= len(raw) and h.codec != "ctx"
-        if stored:
+        flags = CHUNK_STORED if len(payload) >= len(raw) and h.codec != "ctx" else 0  # compressing did not pay
+        if flags & CHUNK_STORED:
             payload = raw
-        head = CHUNK_STRUCT.pack(CHUNK_MAGIC, self.chunk_index, self._first, self._frames, len(self._records),
-                                 len(payload), len(raw), CHUNK_STORED if stored else 0, 0)  # fmt: skip
-        chunk = head + struct.pack("<II", zlib.crc32(head), zlib.crc32(payload)) + payload
+        records = len(self._records)
+        head = ChunkHeader(self.chunk_index, self._first, self._frames, records, len(payload), len(raw), flags)
+        chunk = head.to_bytes(payload)
         start = os.fstat(fd).st_size
         try:
             view = memoryview(chunk)
