@@ -6,15 +6,18 @@
 The first thing to run on a Jetson. It reports the platform (machine, Python, the venv and whether it sees the
 system site-packages), the L4T release (/etc/nv_tegra_release) and JetPack (the ``nvidia-jetpack`` package) where
 present, numpy, OpenCV (version, file, GStreamer and FFmpeg in its build), ONNX Runtime (version, execution
-providers), onnx, TensorRT, cuda-python (and the CUDA toolkit it must match) and zstandard; then, for each backend,
+providers), onnx, TensorRT, the CUDA driver (``libcuda.so.1``, the CUDA version it supports) and toolkit,
+cuda-python (and the CUDA toolkit it must match) and zstandard; then, for each backend,
 whether it can run here and, if not, what is missing with the command that fixes it. Every probe is a real import
-or file read: nothing is downloaded, no GPU is touched beyond importing its libraries, torch is never imported.
+or file read: nothing is downloaded, no GPU is touched beyond loading its libraries (the driver is asked only for its
+version, ``cuDriverGetVersion``, which needs no ``cuInit``), torch is never imported.
 Exit status 0 when OpenCV imports and at least one backend can run, 1 otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import platform
 import shutil
@@ -30,6 +33,13 @@ from .opencv_import import ON_ARM, import_cv2
 PROG = "provq-doctor"
 OK, MISSING, INFO = "ok", "missing", "info"
 CUDA_VERSION_FILE = Path("/usr/local/cuda/version.json")
+CUDA_DRIVER = "libcuda.so.1"  # the NVIDIA driver's CUDA library (on a Jetson under /usr/lib/aarch64-linux-gnu/tegra)
+INSTALL_DRIVER = (
+    "the driver comes with the Jetson's L4T release: flash JetPack (SDK Manager), then sudo apt install nvidia-jetpack"
+    if ON_ARM
+    else "install the NVIDIA driver for this machine's GPU (e.g. sudo apt install nvidia-driver); the onnxruntime-cpu "
+    "backend needs none"
+)
 ORT_GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 INSTALL_ORT = (
     "NVIDIA's onnxruntime-gpu wheel for your JetPack (Jetson AI Lab or a source build; PyPI's onnxruntime-gpu has "
@@ -152,6 +162,27 @@ def _tensorrt() -> Check:
     return Check("TensorRT", OK, f"{trt.__version__} ({Path(trt.__file__).parent})")
 
 
+def _cuda_toolkit() -> str | None:
+    """The CUDA toolkit's version from /usr/local/cuda/version.json, None without one."""
+    if not CUDA_VERSION_FILE.is_file():
+        return None
+    return json.loads(CUDA_VERSION_FILE.read_text(encoding="utf-8")).get("cuda", {}).get("version")
+
+
+def _cuda_driver() -> Check:
+    """The NVIDIA driver's CUDA library and the CUDA version it supports (major.minor), with the toolkit's."""
+    try:
+        driver = ctypes.CDLL(CUDA_DRIVER)
+    except OSError:
+        return Check("CUDA", MISSING, f"no NVIDIA driver ({CUDA_DRIVER} does not load): the GPU backends cannot run",
+                     INSTALL_DRIVER)  # fmt: skip
+    version = ctypes.c_int(0)
+    if driver.cuDriverGetVersion(ctypes.byref(version)) != 0:
+        return Check("CUDA", MISSING, f"{CUDA_DRIVER} loads but cuDriverGetVersion failed", INSTALL_DRIVER)
+    supports = f"{version.value // 1000}.{version.value % 1000 // 10}"
+    return Check("CUDA", OK, f"driver supports CUDA {supports}, toolkit {_cuda_toolkit() or 'not found'}")
+
+
 def _cuda_python() -> Check:
     from .cuda_shim import import_cudart
 
@@ -161,9 +192,7 @@ def _cuda_python() -> Check:
     except EdgeError as err:
         problem, _, fix = str(err).partition(": ")
         return Check("cuda-python", MISSING, problem, fix or None)
-    toolkit = None
-    if CUDA_VERSION_FILE.is_file():
-        toolkit = json.loads(CUDA_VERSION_FILE.read_text(encoding="utf-8")).get("cuda", {}).get("version")
+    toolkit = _cuda_toolkit()
     if version and toolkit and version.split(".")[0] != toolkit.split(".")[0]:
         major = toolkit.split(".")[0]
         return Check("cuda-python", MISSING, f"{version} is for CUDA {version.split('.')[0]}, this system has CUDA "
@@ -178,20 +207,23 @@ def _zstandard() -> Check:
     return Check("zstandard", OK, version)
 
 
-def _backends(ort: Check, providers: list[str], trt: Check, cuda: Check) -> list[Check]:
+def _backends(ort: Check, providers: list[str], driver: Check, trt: Check, cuda: Check) -> list[Check]:
     backends = []
     if ort.state == OK and "CPUExecutionProvider" in providers:
         backends.append(Check("backend onnxruntime-cpu", OK, "runs here"))
     else:
         backends.append(Check("backend onnxruntime-cpu", MISSING, "needs ONNX Runtime", INSTALL_ORT))
     gpu = [p for p in ORT_GPU_PROVIDERS if p in providers]
-    if gpu:
+    if gpu and driver.state == OK:
         backends.append(Check("backend onnxruntime-gpu", OK, f"providers {', '.join(gpu)} are available"))
+    elif gpu:
+        backends.append(Check("backend onnxruntime-gpu", MISSING, f"providers {', '.join(gpu)} but {driver.detail}",
+                              driver.fix))  # fmt: skip
     else:
         have = f"this ONNX Runtime has no TensorRT or CUDA provider ({', '.join(providers)})" if providers else (
             "needs an ONNX Runtime GPU build")  # fmt: skip
         backends.append(Check("backend onnxruntime-gpu", MISSING, have, INSTALL_ORT_GPU))
-    missing = [c for c in (trt, cuda) if c.state != OK]
+    missing = [c for c in (trt, cuda, driver) if c.state != OK]
     if missing:
         fixes = "; ".join(f"{c.name}: {c.fix}" for c in missing if c.fix)
         what = " and ".join(c.name for c in missing)
@@ -206,9 +238,9 @@ def diagnose() -> tuple[str, list[Check], list[Check]]:
     head = f"{platform.system()} {platform.machine()}, Python {platform.python_version()}, {_environment()}"
     opencv = _opencv()
     ort, providers = _onnxruntime()
-    trt, cuda = _tensorrt(), _cuda_python()
-    components = [_jetson(), _numpy(), *opencv, ort, _onnx(), trt, cuda, _zstandard()]
-    return head, components, _backends(ort, providers, trt, cuda)
+    driver, trt, cuda = _cuda_driver(), _tensorrt(), _cuda_python()
+    components = [_jetson(), _numpy(), *opencv, ort, _onnx(), trt, driver, cuda, _zstandard()]
+    return head, components, _backends(ort, providers, driver, trt, cuda)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,11 +1,13 @@
 """provq-doctor on this machine (real imports of what is installed here) and the one-line OpenCV import errors.
 
 What the doctor must find is worked out independently of it: from ``importlib.util.find_spec``, OpenCV's own build
-information and ONNX Runtime's provider list, so the tests hold on a box with or without TensorRT or a GPU.
+information, ONNX Runtime's provider list and the dynamic linker's cache (``ctypes.util.find_library``), so the
+tests hold on a box with or without TensorRT or a GPU.
 """
 
 from __future__ import annotations
 
+import ctypes.util
 import importlib.util
 import json
 import subprocess
@@ -54,7 +56,8 @@ def test_components_found_here(report: dict) -> None:
 
 
 def test_missing_pieces_each_have_a_fix(report: dict) -> None:
-    """On a box without TensorRT, CUDA bindings or a GStreamer OpenCV, each is named missing with its command."""
+    """On a box without TensorRT, the NVIDIA driver, CUDA bindings or a GStreamer OpenCV, each is named missing with
+    its command."""
     expected = {
         "GStreamer": not _gstreamer_in_build(),
         "TensorRT": importlib.util.find_spec("tensorrt") is None,
@@ -62,7 +65,8 @@ def test_missing_pieces_each_have_a_fix(report: dict) -> None:
         "backend onnxruntime-gpu": not {"CUDAExecutionProvider", "TensorrtExecutionProvider"}
         & set(onnxruntime.get_available_providers()),
     }
-    expected["backend tensorrt"] = expected["TensorRT"] or expected["cuda-python"]
+    expected["CUDA"] = ctypes.util.find_library("cuda") is None  # libcuda.so.1: the NVIDIA driver
+    expected["backend tensorrt"] = expected["TensorRT"] or expected["cuda-python"] or expected["CUDA"]
     for name, missing in expected.items():
         assert (report[name]["state"] == "missing") == missing, report[name]
         if missing:
@@ -72,6 +76,8 @@ def test_missing_pieces_each_have_a_fix(report: dict) -> None:
     if expected["TensorRT"]:
         assert "python3-libnvinfer" in report["TensorRT"]["fix"] and "pip install tensorrt" in report["TensorRT"]["fix"]
         assert "TensorRT" in report["backend tensorrt"]["detail"]
+    if expected["CUDA"]:
+        assert "no NVIDIA driver" in report["CUDA"]["detail"] and "CUDA" in report["backend tensorrt"]["detail"]
     if expected["cuda-python"]:
         assert "pip install 'provq[edge]'" in report["cuda-python"]["fix"]
 
