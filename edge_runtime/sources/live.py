@@ -118,6 +118,12 @@ class LiveSource(FrameSource):
             self.close()
             raise
 
+    @property
+    def captured(self) -> int:
+        """Frames read from the camera so far, over every connection: each was handed over, dropped (``dropped``)
+        or is still in the ring."""
+        return self._captured
+
     def describe(self) -> str:
         retries = "forever" if self._retries < 0 else str(self._retries)
         return (
