@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import replace
@@ -176,9 +178,9 @@ def test_two_process_gloo_run_keeps_ranks_identical(photo_dir: Path, tmp_path: P
         "--eval-every", "5", "--device", "cpu", "--restart-dead-codes-every", "4",
         "--kmeans-points", "2048", "--no-progress",
     ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, check=False)
+    done = run_with_stacks_on_timeout(cmd, timeout=240)
     assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("provq-train: done in") == 1  # rank 0 reports for both
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["world_size"] == 2
     codebooks, models = metrics["rank_sha256"]["codebook"], metrics["rank_sha256"]["model"]
@@ -193,3 +195,33 @@ def test_two_process_gloo_run_keeps_ranks_identical(photo_dir: Path, tmp_path: P
     read = [set(r["read_first"]) for r in reads]
     assert all(len(ids) == r["distinct_read"] == r["shard_samples"] for ids, r in zip(read, reads, strict=True))
     assert not read[0] & read[1] and read[0] | read[1] == set(range(train_samples))
+
+
+def run_with_stacks_on_timeout(cmd: list[str], *, timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run ``cmd``; past ``timeout`` it and every process under it get SIGABRT, which Python's faulthandler answers
+    with each thread's stack on stderr, and the test fails showing them (torchrun starts each rank in a session of
+    its own, so the tree is walked through /proc rather than signalled as one process group)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as process:
+        try:
+            out, err = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for pid in [*_descendants(process.pid), process.pid]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGABRT)
+            out, err = process.communicate(timeout=60)
+            pytest.fail(f"no result in {timeout:.0f} s; the stacks of its processes:\n{err[-12000:]}")
+    return subprocess.CompletedProcess(cmd, process.returncode, out, err)
+
+
+def _descendants(root: int) -> list[int]:
+    """Process ids under ``root``, deepest first, from the parent ids in /proc/PID/stat."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+    found, frontier = [], [root]
+    while frontier:
+        frontier = [pid for pid, parent in parents.items() if parent in frontier]
+        found = frontier + found
+    return found

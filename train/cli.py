@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from . import commands
@@ -121,6 +122,8 @@ def _train(args: argparse.Namespace) -> int:
         if values[name] <= 0:
             raise ProvqError(f"--{name.replace('_', '-')} must be a positive integer, got {values[name]}")
     metrics = train(TrainConfig(**values))
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports for all
+        return 0
     print(
         f"{PROG}: done in {metrics['seconds']:.0f} s: step {metrics['steps']}, val PSNR {metrics['psnr_db']:.2f} dB, "
         f"SSIM {metrics['ssim']:.3f}, codebook usage {metrics['codebook_usage']:.1%}, "

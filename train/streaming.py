@@ -42,6 +42,7 @@ from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import cv2
 import numpy as np
 import torch
 
@@ -407,8 +408,14 @@ class TrainingData:
             del iterator  # stops the workers
 
     def _context(self) -> Any:
-        """Fork where there is fork: the workers share the index pages instead of unpickling a copy each."""
+        """Fork where there is fork: the workers share the index pages instead of unpickling a copy each.
+
+        Before forking, OpenCV is set to run sequentially (0 threads): a child forked after OpenCV's thread pool has
+        started inherits a pool whose threads do not exist, and its first parallel resize or colour conversion can
+        wait on them for ever. The workers are the parallelism here, one decode each.
+        """
         if self.workers and "fork" in multiprocessing.get_all_start_methods():
+            cv2.setNumThreads(0)
             return multiprocessing.get_context("fork")
         return None
 
