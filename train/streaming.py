@@ -410,9 +410,8 @@ class TrainingData:
     def _context(self) -> Any:
         """Fork where there is fork: the workers share the index pages instead of unpickling a copy each.
 
-        Before forking, OpenCV is set to run sequentially (0 threads): a child forked after OpenCV's thread pool has
-        started inherits a pool whose threads do not exist, and its first parallel resize or colour conversion can
-        wait on them for ever. The workers are the parallelism here, one decode each.
+        OpenCV is set to run sequentially first: the workers are the parallelism (one decode each), and a forked
+        child then never depends on a thread pool started in the parent, whose threads it does not inherit.
         """
         if self.workers and "fork" in multiprocessing.get_all_start_methods():
             cv2.setNumThreads(0)
