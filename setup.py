@@ -35,6 +35,7 @@ BASE = [
     "numpy>=1.24,<2; platform_machine == 'aarch64'",
     "opencv-python-headless>=4.8; platform_machine != 'aarch64'",
     "onnxruntime>=1.17; platform_machine != 'aarch64'",
+    "av>=12",  # video files: the same decoded pixels on x86 and aarch64 (edge_runtime/sources/video_readers.py)
     "onnx>=1.15",  # provq-calibrate and provq-export check read and write ONNX graphs; the runtime for --stable-tokens
 ]
 
@@ -59,12 +60,11 @@ EXTRAS = {
     # The training study's peers (vector-quantize-pytorch's VectorQuantize and FSQ) and its plot.
     "study": ["vector-quantize-pytorch>=1.20", "matplotlib>=3.7"],
     # provq-bench's H.264 row (x264 through PyAV) and its plots.
-    "bench": ["av>=12", "matplotlib>=3.7"],
+    "bench": ["matplotlib>=3.7"],
     # Tests and lint. scikit-image and scikit-learn provide real photos the shipped model has never seen.
     # zstandard lets the token-stream tests cover the zstd codec too; av the benchmark's H.264 row; webdataset is
     # the shard writer of tools/build_corpus.py, whose test reads its shards back through the training data path.
     "dev": [
-        "av>=12",
         "pytest>=7.4",
         "ruff>=0.5",
         "hypothesis>=6.90",

@@ -11,9 +11,10 @@ averaged, as the bench rows score):
 Bytes per frame are chunk bytes of a real token stream (header excluded), 30 frames a chunk; ``write_ms`` and
 ``read_ms`` are the ms per frame that writing the stream (id coding included) and reading it back took.
 
-H.264: libx264 through PyAV (``av``, optional: ``pip install av``), yuv420p, preset medium, a keyframe every
-FRAMES_PER_CHUNK frames (as self-contained as a token chunk), average bit rate mode at target bytes x 8 x fps; the
-rate is corrected (at most 4 encodes) until the mean packet bytes per frame are within 5% of the target.
+H.264: libx264 through PyAV (``av``, in the base install; the row says so when it is missing), yuv420p, preset
+medium, a keyframe every FRAMES_PER_CHUNK frames (as self-contained as a token chunk), average bit rate mode at target
+bytes x 8 x fps; the rate is corrected (at most 4 encodes) until the mean packet bytes per frame are within 5% of the
+target.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from .quality import psnr, ssim
 from .stable import StableTokens, load_codebook
 
 FRAMES_PER_CHUNK = 30  # as provq-run writes streams
-H264_MISSING = "unavailable: the H.264 row needs PyAV: pip install av (or provq[bench])"
+H264_MISSING = "unavailable: the H.264 row needs PyAV: pip install av"
 H264_TOLERANCE = 0.05
 H264_TRIES = 4
 

@@ -200,6 +200,14 @@ def _cuda_python() -> Check:
     return Check("cuda-python", OK, f"{version or 'version unknown'}, CUDA toolkit {toolkit or 'not found'}")
 
 
+def _pyav() -> Check:
+    version = _version("av")
+    if version is None:
+        return Check("PyAV", MISSING, "not installed: video files decode through OpenCV, whose colour conversion "
+                     "differs between CPU architectures (so do the tokens)", "pip install av")  # fmt: skip
+    return Check("PyAV", OK, f"{version}: video files decode to the same pixels on every CPU")
+
+
 def _zstandard() -> Check:
     version = _version("zstandard")
     if version is None:
@@ -239,7 +247,7 @@ def diagnose() -> tuple[str, list[Check], list[Check]]:
     opencv = _opencv()
     ort, providers = _onnxruntime()
     driver, trt, cuda = _cuda_driver(), _tensorrt(), _cuda_python()
-    components = [_jetson(), _numpy(), *opencv, ort, _onnx(), trt, driver, cuda, _zstandard()]
+    components = [_jetson(), _numpy(), *opencv, ort, _onnx(), trt, driver, cuda, _pyav(), _zstandard()]
     return head, components, _backends(ort, providers, driver, trt, cuda)
 
 

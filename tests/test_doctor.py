@@ -8,6 +8,7 @@ tests hold on a box with or without TensorRT or a GPU.
 from __future__ import annotations
 
 import ctypes.util
+import importlib.metadata
 import importlib.util
 import json
 import subprocess
@@ -62,6 +63,7 @@ def test_missing_pieces_each_have_a_fix(report: dict) -> None:
         "GStreamer": not _gstreamer_in_build(),
         "TensorRT": importlib.util.find_spec("tensorrt") is None,
         "cuda-python": importlib.util.find_spec("cuda") is None,
+        "PyAV": importlib.util.find_spec("av") is None,
         "backend onnxruntime-gpu": not {"CUDAExecutionProvider", "TensorrtExecutionProvider"}
         & set(onnxruntime.get_available_providers()),
     }
@@ -80,6 +82,10 @@ def test_missing_pieces_each_have_a_fix(report: dict) -> None:
         assert "no NVIDIA driver" in report["CUDA"]["detail"] and "CUDA" in report["backend tensorrt"]["detail"]
     if expected["cuda-python"]:
         assert "pip install 'provq[edge]'" in report["cuda-python"]["fix"]
+    if expected["PyAV"]:
+        assert report["PyAV"]["fix"] == "pip install av" and "CPU architectures" in report["PyAV"]["detail"]
+    else:
+        assert importlib.metadata.version("av") in report["PyAV"]["detail"]
 
 
 def test_text_report_is_one_line_per_check() -> None:

@@ -42,7 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -276,11 +276,13 @@ def id_agreement(a: Path, b: Path) -> dict[str, Any]:
     return {"frames": len(fa), "positions": positions, "equal": equal, "agreement": equal / positions}
 
 
-def run_in_root(root: Path, ca_bundle: Path | None, report: dict[str, Any]) -> None:
+def run_in_root(
+    root: Path, ca_bundle: Path | None, report: dict[str, Any], after_step: Callable[[str], None] = lambda _: None
+) -> None:
     """Install as the README says, then doctor, run, decode and bench; then, with a numpy 2 put into the venv (as
     the README's install did before it kept numpy below 2 on aarch64), provq-run and provq-doctor must say so in one
     line (exit 2 and 1); the numpy 2 is removed again. Fills report["steps"]: command, exit status, wall seconds and
-    the output's last lines of each."""
+    the output's last lines of each; ``after_step(name)`` is called after each step that exited as it must."""
     env: dict[str, str] = {}
     if ca_bundle is not None:
         shutil.copy2(ca_bundle, root / ROOT_CA.lstrip("/"))
@@ -311,6 +313,7 @@ def run_in_root(root: Path, ca_bundle: Path | None, report: dict[str, Any]) -> N
             print(f"arm64_root: {name}: exit {rc} in {wall:.0f} s", file=sys.stderr, flush=True)
             if expected is not None and rc != expected:
                 raise Failure(f"step {name!r} exited {rc} in the root, not {expected}: {_tail(out, 1)}")
+            after_step(name)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -330,28 +333,37 @@ def main(argv: list[str] | None = None) -> int:
     ca = None if str(args.ca_bundle) == "none" else args.ca_bundle
     report: dict[str, Any] = {"log": []}
     start = time.monotonic()
-    try:
-        ensure_host_tools()
-        report["root_build"] = build_root(args.root.resolve(), args.rebuild, report["log"])
-        report["root"] = {"path": str(args.root), **root_versions(args.root)}
-        report["files_copied"] = copy_project(args.root)
-        run_in_root(args.root, ca, report)
-        with tempfile.TemporaryDirectory(prefix="provq-x86-") as tmp:
-            host_ptok, host_s = host_run(Path(tmp))
+
+    def save() -> None:
+        """The report so far, to --report: a run of over an hour shows its figures as they come."""
+        if args.report is not None:
+            args.report.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+
+    with tempfile.TemporaryDirectory(prefix="provq-x86-") as tmp:
+        try:
+            ensure_host_tools()
+            host_ptok, host_s = host_run(Path(tmp))  # first: the ids are compared as soon as the root's run ends
             report["host_run_s"] = round(host_s, 1)
-            report["ids"] = id_agreement(host_ptok, args.root / PROJECT.lstrip("/") / "work/clip.ptok")
-    except Failure as err:
-        report["error"] = str(err)
+            report["root_build"] = build_root(args.root.resolve(), args.rebuild, report["log"])
+            report["root"] = {"path": str(args.root), **root_versions(args.root)}
+            report["files_copied"] = copy_project(args.root)
+
+            def after_step(name: str) -> None:
+                if name == "run":
+                    report["ids"] = id_agreement(host_ptok, args.root / PROJECT.lstrip("/") / "work/clip.ptok")
+                    print(f"arm64_root: ids: {report['ids']['agreement']:.4%} equal the x86 run's", file=sys.stderr)
+                save()
+
+            run_in_root(args.root, ca, report, after_step)
+        except Failure as err:
+            report["error"] = str(err)
     report["total_s"] = round(time.monotonic() - start, 1)
-    ok = "error" not in report and report["ids"]["agreement"] >= args.min_agreement
-    report["ok"] = ok
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.report is not None:
-        args.report.write_text(text + "\n", encoding="utf-8")
+    report["ok"] = "error" not in report and report["ids"]["agreement"] >= args.min_agreement
+    print(json.dumps(report, indent=2))
+    save()
     if "error" in report:
         print(f"arm64_root: error: {report['error']}", file=sys.stderr)
-    return 0 if ok else 1
+    return 0 if report["ok"] else 1
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Sources that drop nothing: video files (OpenCV's FFmpeg backend) and image folders, globs and single images."""
+"""Sources that drop nothing: video files (sources.video_readers: PyAV, else OpenCV) and image folders, globs and
+single images."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import cv2
 import numpy as np
 
 from ..errors import EdgeError
-from ..source_uri import display, opencv_has
-from .base import DEFAULT_FPS, Frame, FrameSource, _sane_fps
+from ..source_uri import display
+from .base import DEFAULT_FPS, Frame, FrameSource
+from .video_readers import open_video
 
 
 @dataclass(frozen=True)
@@ -62,58 +64,46 @@ class _FileSource(FrameSource):
 
 
 class VideoFileSource(_FileSource):
-    """A video file read through OpenCV (FFmpeg backend). Frames are H x W x 3 uint8 BGR."""
+    """A video file read by video_readers.open_video (PyAV where installed, else OpenCV's FFmpeg backend). Frames are
+    H x W x 3 uint8 BGR."""
 
     kind = "video file"
 
     def __init__(self, uri: str, path: str, playback: Playback) -> None:
         super().__init__(uri, playback)
         self._path = path
-        self._cap = self._open()
+        self._reader = open_video(path)
         try:
-            ok, image = self._cap.read()
-            if not ok or image is None:
+            first = self._reader.read()
+            if first is None:
                 raise EdgeError(
                     f"no frame could be decoded from {path}: the file is truncated or corrupt, or its codec is not in "
-                    "this OpenCV build (re-encode it: ffmpeg -i IN -c:v libx264 OUT.mp4)"
+                    f"this {self._reader.decoder} build (re-encode it: ffmpeg -i IN -c:v libx264 OUT.mp4)"
                 )
-            native_fps = _sane_fps(self._cap.get(cv2.CAP_PROP_FPS))
-            count = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT))
-            first_pos = self._cap.get(cv2.CAP_PROP_POS_MSEC)
         except BaseException:
-            self._cap.release()
+            self._reader.release()
             raise
+        image, first_pos = first
         self._retimed = playback.rate is not None
-        self._opened(image, native_fps, count)
+        self._opened(image, self._reader.fps, self._reader.count)
         self._pending: tuple[np.ndarray, float] | None = (image, first_pos)
         self._in_pass = 0  # frames handed over in this pass
         self._pass_offset_ms = 0.0
         self._last_ms = -1.0  # timestamp of the last frame within this pass
         self._last_ts = 0.0
 
-    def _open(self) -> cv2.VideoCapture:
-        backend = cv2.CAP_FFMPEG if opencv_has("FFMPEG") else cv2.CAP_ANY
-        cap = cv2.VideoCapture(self._path, backend)
-        if not cap.isOpened():
-            cap.release()
-            raise EdgeError(
-                f"cannot open video {self._path}: it is not a video, or it is truncated or corrupt "
-                "(check it with ffprobe; images go in a folder or a glob)"
-            )
-        return cap
-
     def _next_frame(self) -> Frame | None:
         if self._pending is not None:
             (image, pos_ms), self._pending = self._pending, None
         else:
-            ok, image = self._cap.read()
-            if not ok or image is None:
+            item = self._reader.read()
+            if item is None:
                 if not self._start_next_pass():
                     return None
-                ok, image = self._cap.read()
-                if not ok or image is None:
+                item = self._reader.read()
+                if item is None:
                     return None
-            pos_ms = self._cap.get(cv2.CAP_PROP_POS_MSEC)
+            image, pos_ms = item
         period = 1000.0 / self.fps
         in_pass_ms = self._in_pass * period
         if not self._retimed and np.isfinite(pos_ms) and pos_ms >= 0 and pos_ms > self._last_ms:
@@ -130,15 +120,15 @@ class VideoFileSource(_FileSource):
         """Reopen the file for the next loop pass; False when no passes are left."""
         if not self._another_pass():
             return False
-        self._cap.release()
-        self._cap = self._open()
+        self._reader.release()
+        self._reader = open_video(self._path)
         self._pass_offset_ms = self._last_ts + 1000.0 / self.fps
         self._in_pass = 0
         self._last_ms = -1.0
         return True
 
     def _release(self) -> None:
-        self._cap.release()
+        self._reader.release()
 
 
 class ImageSequenceSource(_FileSource):
