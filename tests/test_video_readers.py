@@ -111,3 +111,31 @@ def test_without_pyav_files_decode_through_opencv(monkeypatch: pytest.MonkeyPatc
     assert len(frames) == 80 and frames[-1].timestamp_ms == 3160
     opencv_images, _ = read_all(OpenCVReader(CLIP))
     assert all(np.array_equal(f.image, image) for f, image in zip(frames, opencv_images, strict=True))
+
+
+def test_clock_takes_dts_once_pts_run_backwards() -> None:
+    """(pts, dts) of the first frames of an MPEG-4 AVI with B-frames (OpenCV's Megamind.avi sample), whose pts
+    are in packet order: from the first pts that runs backwards on, the dts are the frames' times."""
+    stamps = [(1, 1), (2, 2), (3, 3), (5, 4), (4, 5), (6, 6), (8, 7), (7, 8), (9, None)]
+    clock, times = video_readers.BestEffortClock(), []
+    clock.observe(*stamps[0])
+    for here, ahead in itertools.pairwise([*stamps, None]):
+        if ahead is not None:
+            clock.observe(*ahead)  # the reader decodes one frame ahead
+        times.append(clock.time_of(*here))
+    assert times == [1, 2, 3, 4, 5, 6, 7, 8, 9]  # the last frame has no dts: its pts
+
+
+def test_avi_frame_times_run_to_the_last_frame(tmp_path: Path) -> None:
+    images, _ = read_all(PyAVReader(av, CLIP))
+    path = tmp_path / "clip.avi"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("mpeg4", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 480, 270, "yuv420p"
+        for image in images[:24]:
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="bgr24")))
+        out.mux(stream.encode())
+    _, times = read_all(PyAVReader(av, str(path)))
+    _, opencv_times = read_all(OpenCVReader(str(path)))
+    assert times == [40.0 * i for i in range(24)]
+    assert opencv_times[:-1] == times[:-1]  # (OpenCV's FFmpeg backend has reported 0 for the flushed last frame)

@@ -122,26 +122,32 @@ class PyAVReader:
         self._start = stream.start_time or 0
         self._packets = self._container.demux(stream)
         self._ready: deque[Any] = deque()
+        self._clock = BestEffortClock()
 
     def read(self) -> tuple[np.ndarray, float] | None:
-        frame = self._next_decoded()
-        if frame is None:
+        self._decode_until(2)  # one frame ahead, so that the clock has seen whether this frame's pts is out of order
+        if not self._ready:
             return None
+        frame = self._ready.popleft()
+        pts = self._clock.time_of(frame.pts, frame.dts)
         pos_ms = float("nan")
-        if frame.pts is not None and self._time_base is not None:
-            pos_ms = (frame.pts - self._start) * self._time_base * 1000.0
+        if pts is not None and self._time_base is not None:
+            pos_ms = (pts - self._start) * self._time_base * 1000.0
         return _upright(_bgr(frame), frame), pos_ms
 
-    def _next_decoded(self) -> Any | None:
-        while not self._ready:
+    def _decode_until(self, frames: int) -> None:
+        """Decode until ``frames`` are queued or the file ends."""
+        while len(self._ready) < frames:
             packet = self._next_packet()
             if packet is None:
-                return None
+                return
             try:
-                self._ready.extend(packet.decode())  # the last (empty) packet flushes the decoder
+                decoded = packet.decode()  # the last (empty) packet flushes the decoder
             except self._av.FFmpegError:
                 continue
-        return self._ready.popleft()
+            for frame in decoded:
+                self._clock.observe(frame.pts, frame.dts)
+            self._ready.extend(decoded)
 
     def _next_packet(self) -> Any | None:
         try:
@@ -154,6 +160,37 @@ class PyAVReader:
         self._container.close()
 
 
+class BestEffortClock:
+    """Frame times as FFmpeg's ``best_effort_timestamp`` picks them (the rule of libavcodec's guess_correct_pts):
+    a frame's pts, unless pts have gone backwards more often than dts in the frames decoded so far (AVI files with
+    B-frames carry pts in packet order), then its dts. The reader decodes one frame ahead, so a frame's choice
+    already counts the next frame's faults."""
+
+    def __init__(self) -> None:
+        self._faulty_pts = self._faulty_dts = 0
+        self._last_pts: int | None = None
+        self._last_dts: int | None = None
+
+    def observe(self, pts: int | None, dts: int | None) -> None:
+        """Count a decoded frame's timestamps (in decoding order)."""
+        if dts is not None:
+            self._faulty_dts += self._last_dts is not None and dts <= self._last_dts
+            self._last_dts = dts
+        elif pts is not None:
+            self._last_dts = pts
+        if pts is not None:
+            self._faulty_pts += self._last_pts is not None and pts <= self._last_pts
+            self._last_pts = pts
+        elif dts is not None:
+            self._last_pts = dts
+
+    def time_of(self, pts: int | None, dts: int | None) -> int | None:
+        """The time of an observed frame, in stream time-base units (None when it has neither)."""
+        if pts is not None and (self._faulty_pts <= self._faulty_dts or dts is None):
+            return pts
+        return dts
+
+
 def _estimated_count(stream: Any, fps: float | None) -> int:
     """Frames from the stream's duration when the container does not store the count (0 when neither is known)."""
     if not (stream.duration and stream.time_base and fps):
@@ -163,8 +200,12 @@ def _estimated_count(stream: Any, fps: float | None) -> int:
 
 def _bgr(frame: Any) -> np.ndarray:
     """H x W x 3 uint8 BGR of a decoded frame (see the module docstring for which conversion)."""
-    if frame.format.name == "yuv420p" and frame.width % 2 == 0 and frame.height % 2 == 0 and frame.color_range != 2:
+    name = frame.format.name
+    if name == "yuv420p" and frame.width % 2 == 0 and frame.height % 2 == 0 and frame.color_range != 2:
         return cv2.cvtColor(frame.to_ndarray(), cv2.COLOR_YUV2BGR_I420)  # color_range 2: full (JPEG) range
+    if name in ("bgr24", "rgb24"):  # already RGB (e.g. Cinepak, PNG or raw video): exact, no conversion
+        image = frame.to_ndarray()
+        return np.ascontiguousarray(image[..., ::-1]) if name == "rgb24" else image
     return frame.to_ndarray(format="bgr24")
 
 
@@ -174,4 +215,4 @@ def _upright(image: np.ndarray, frame: Any) -> np.ndarray:
     return image if turn is None else cv2.rotate(image, turn)
 
 
-__all__ = ["OpenCVReader", "PyAVReader", "VideoReader", "import_pyav", "open_video", "video_decoder"]
+__all__ = ["BestEffortClock", "OpenCVReader", "PyAVReader", "VideoReader", "import_pyav", "open_video", "video_decoder"]
