@@ -39,7 +39,7 @@ def test_jetson_install_and_tokens_in_an_arm64_root(tmp_path: Path) -> None:
     assert numpy_line.startswith(report["root"]["python3-numpy"].split("-")[0].split(":")[-1])
     assert "/usr/lib/python3/dist-packages/" in numpy_line and "/usr/lib/python3/dist-packages/" in cv2_line
     doctor = steps["doctor"]["tail"]
-    for line in ("ok       GStreamer:", "missing  TensorRT:", "ok       backend onnxruntime-cpu"):
+    for line in ("ok       GStreamer:", "missing  TensorRT:", "ok       PyAV:", "ok       backend onnxruntime-cpu"):
         assert line in doctor, doctor
     # With a numpy 2 in the venv (the old install's failure), provq-run says so in one line, no traceback.
     broken = steps["numpy2_run"]["tail"]
