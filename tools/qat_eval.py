@@ -24,13 +24,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
 from provq.edge_runtime.backends import cpu_session
 from provq.edge_runtime.manifest import load_manifest
 from provq.edge_runtime.preprocess import prepare
+from provq.edge_runtime.sources import open_source
 from provq.edge_runtime.tokenstream.reader import TokenStreamReader
 from provq.train.checkpoint import load_tokenizer
 
@@ -53,14 +53,14 @@ def _provq_run(args: argparse.Namespace, model: str, precision: str, name: str) 
 
 
 def _frames(clip: Path, count: int, downsample: int) -> list[np.ndarray]:
-    capture = cv2.VideoCapture(str(clip))
+    """The clip's first ``count`` frames, prepared for the model, read by the runtime's own source (the decoder
+    provq-run uses, so both sides see the same pixels)."""
     frames = []
-    while len(frames) < count:
-        ok, bgr = capture.read()
-        if not ok:
-            break
-        frames.append(prepare(bgr, downsample)[0])
-    capture.release()
+    with open_source(str(clip)) as source:
+        for frame in source:
+            frames.append(prepare(frame.image, downsample)[0])
+            if len(frames) == count:
+                break
     return frames
 
 
