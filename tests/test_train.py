@@ -201,7 +201,8 @@ def run_with_stacks_on_timeout(cmd: list[str], *, timeout: float) -> subprocess.
     """Run ``cmd``; past ``timeout`` it and every process under it get SIGABRT, which Python's faulthandler answers
     with each thread's stack on stderr, and the test fails showing them (torchrun starts each rank in a session of
     its own, so the tree is walked through /proc rather than signalled as one process group)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
+    # gloo over the loopback interface, whatever the host name resolves to
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1", "GLOO_SOCKET_IFNAME": "lo"}
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as process:
         try:
             out, err = process.communicate(timeout=timeout)
