@@ -30,20 +30,13 @@ from .backends import OnnxRuntimeBackend
 from .manifest import Manifest
 from .preprocess import from_model_output
 from .quality import psnr, ssim
+from .sources import video_readers
 from .stable import StableTokens, load_codebook
 
 FRAMES_PER_CHUNK = 30  # as provq-run writes streams
 H264_MISSING = "unavailable: the H.264 row needs PyAV: pip install av"
 H264_TOLERANCE = 0.05
 H264_TRIES = 4
-
-
-def _import_av() -> Any | None:
-    try:
-        import av
-    except ImportError:
-        return None
-    return av
 
 
 def _x264(av: Any, frames: Sequence[np.ndarray], fps: float, bit_rate: int) -> tuple[list[bytes], float]:
@@ -80,7 +73,7 @@ def h264_baseline(frames: Sequence[np.ndarray], fps: float, target: float) -> di
     """H.264 at ``target`` bytes per frame on ``frames`` (model-size BGR uint8): the bench's codec entry layout, with
     ``quality`` the bit rate in kbit/s."""
     entry: dict[str, Any] = {"codec": "h264", "status": "ok", "target_bytes_per_frame": target}
-    av = _import_av()
+    av = video_readers.import_pyav()
     if av is None:
         entry["status"] = H264_MISSING
         return entry

@@ -134,7 +134,7 @@ def test_video_inputs_get_rate_distortion_points_beside_h264(full: dict[str, Any
 
 
 def test_h264_without_pyav_is_one_clear_status(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(bench_video, "_import_av", lambda: None)
+    monkeypatch.setattr(bench_video.video_readers, "import_pyav", lambda: None)
     frames = [np.zeros((64, 64, 3), np.uint8)] * 2
     assert bench_video.h264_baseline(frames, 25.0, 500.0)["status"] == bench_video.H264_MISSING
 

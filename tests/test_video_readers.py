@@ -46,9 +46,8 @@ def rotated_copy(tmp_path: Path) -> Path:
 
 
 def test_pyav_is_the_default_here() -> None:
-    assert video_readers.video_decoder() == "PyAV"
     reader = video_readers.open_video(CLIP)
-    assert isinstance(reader, PyAVReader)
+    assert isinstance(reader, PyAVReader) and reader.decoder == "PyAV"
     reader.release()
 
 
@@ -105,7 +104,9 @@ def test_non_videos_are_one_line_in_both(tmp_path: Path, content: bytes) -> None
 
 def test_without_pyav_files_decode_through_opencv(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(video_readers, "import_pyav", lambda: None)
-    assert video_readers.video_decoder() == "OpenCV"
+    fallback = video_readers.open_video(CLIP)
+    assert isinstance(fallback, OpenCVReader) and fallback.decoder == "OpenCV"
+    fallback.release()
     with open_source("sample://") as source:
         frames = list(source)
     assert len(frames) == 80 and frames[-1].timestamp_ms == 3160

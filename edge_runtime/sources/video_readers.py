@@ -60,11 +60,6 @@ def import_pyav() -> Any | None:
         return None
 
 
-def video_decoder() -> str:
-    """Which decoder open_video uses here: "PyAV" or "OpenCV"."""
-    return "PyAV" if import_pyav() is not None else "OpenCV"
-
-
 def open_video(path: str) -> VideoReader:
     """Open ``path`` with PyAV if installed, else with OpenCV; EdgeError (one line) when it is no readable video."""
     av = import_pyav()
@@ -215,4 +210,4 @@ def _upright(image: np.ndarray, frame: Any) -> np.ndarray:
     return image if turn is None else cv2.rotate(image, turn)
 
 
-__all__ = ["BestEffortClock", "OpenCVReader", "PyAVReader", "VideoReader", "import_pyav", "open_video", "video_decoder"]
+__all__ = ["BestEffortClock", "OpenCVReader", "PyAVReader", "VideoReader", "import_pyav", "open_video"]
