@@ -11,7 +11,7 @@ output when the session is built (``with_latents_output``), so no re-export is n
 from the FP32 graph and checked against the manifest's ``codebook_sha256``.
 
     codebook = load_codebook(manifest)                  # K x D float32
-    stable = StableTokens(codebook, margin=0.1)
+    stable = StableTokens(codebook, margin=0.5)
     ids = stable.step(ids, latents, refresh=True)       # ids h x w int, latents D x h x w float32 -> h x w int32
 """
 
@@ -24,7 +24,7 @@ from .formats.graph import QUANTIZER_SCOPE
 from .formats.manifest import CODEBOOK_FILE, codebook_sha256
 from .manifest import Manifest
 
-DEFAULT_MARGIN = 0.1  # what a bare --stable-tokens uses; docs/BENCHMARKS.md ("Stable tokens") has the measurements
+DEFAULT_MARGIN = 0.5  # what a bare --stable-tokens uses; measurements: docs/BENCHMARKS.md ("Choosing the margin")
 
 
 def latents_tensor(model) -> str:  # model: onnx.ModelProto (onnx is imported by the caller)

@@ -1,0 +1,92 @@
+"""Write a synthetic static-camera clip: a still photo with sensor noise, a slow gain drift and figures walking
+across it, stored losslessly (FFV1 in Matroska, through PyAV).
+
+It is design material for the token stream (the stable-token margin is chosen on it, docs/BENCHMARKS.md): it has
+what a fixed surveillance camera shows (a background that only noise changes, and a few moving objects) without
+using any held-out footage. The figures are 64 x 160 cut-outs of scikit-image's ``astronaut``, ``chelsea`` and
+``rocket`` photos (training-corpus photos), each moving sideways at its own constant speed.
+
+    python tools/make_static_scene.py --background WALLPAPER.jpg --out scene.mkv --frames 60
+
+Frame t (0-based, of T): background * (1 + 0.004 t / T) + N(0, 2.5 levels) per pixel and channel, figures pasted on
+top (the same noise), clipped to 0-255. ``--seed`` fixes the noise. Needs numpy, opencv, scikit-image and PyAV.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import cv2
+import numpy as np
+import skimage.data
+
+from provq.edge_runtime.sources.video_readers import import_pyav
+
+SIZE = (768, 576)  # width, height: a PAL-like surveillance frame, as vtest-class cameras record
+FIGURE = (64, 160)  # width, height of each moving figure
+# (photo, top row of the figure in the frame, start column, speed in pixels per frame; negative: right to left)
+FIGURES = (
+    (skimage.data.astronaut, 300, 40, 2.0),
+    (skimage.data.chelsea, 360, 700, -3.0),
+    (skimage.data.rocket, 180, 200, 1.5),
+)
+NOISE = 2.5  # sensor noise, standard deviation in levels of 0-255
+DRIFT = 0.004  # gain change over the whole clip
+
+
+def cover(bgr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize so that the image covers ``size`` (width, height), then centre-crop to it."""
+    w, h = size
+    scale = max(w / bgr.shape[1], h / bgr.shape[0])
+    resized = cv2.resize(bgr, (round(bgr.shape[1] * scale), round(bgr.shape[0] * scale)), interpolation=cv2.INTER_AREA)
+    top, left = (resized.shape[0] - h) // 2, (resized.shape[1] - w) // 2
+    return resized[top : top + h, left : left + w]
+
+
+def frames(background: np.ndarray, count: int, seed: int) -> list[np.ndarray]:
+    """``count`` BGR uint8 frames of SIZE: the scene described in the module docstring."""
+    rng = np.random.default_rng(seed)
+    base = cover(background, SIZE).astype(np.float32)
+    figures = [(cover(photo()[:, :, ::-1], FIGURE).astype(np.float32), top, x0, v) for photo, top, x0, v in FIGURES]
+    out = []
+    for t in range(count):
+        frame = base * (1.0 + DRIFT * t / count)
+        for patch, top, x0, speed in figures:
+            left = round(x0 + speed * t) % (SIZE[0] - FIGURE[0])
+            frame[top : top + FIGURE[1], left : left + FIGURE[0]] = patch
+        frame += rng.normal(0.0, NOISE, frame.shape).astype(np.float32)
+        out.append(np.clip(np.rint(frame), 0, 255).astype(np.uint8))
+    return out
+
+
+def write_ffv1(path: Path, bgr_frames: list[np.ndarray], fps: int) -> None:
+    """Lossless Matroska (FFV1, bgr0) at ``fps``."""
+    av = import_pyav()
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("ffv1", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = SIZE[0], SIZE[1], "bgr0"
+        for bgr in bgr_frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(bgr, format="bgr24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--background", type=Path, required=True, help="a photo (any size; covered to 768 x 576)")
+    parser.add_argument("--out", type=Path, required=True, help="the .mkv to write")
+    parser.add_argument("--frames", type=int, default=60, help="default: %(default)s")
+    parser.add_argument("--fps", type=int, default=10, help="default: %(default)s")
+    parser.add_argument("--seed", type=int, default=0, help="noise seed (default: %(default)s)")
+    args = parser.parse_args(argv)
+    background = cv2.imread(str(args.background), cv2.IMREAD_COLOR)
+    if background is None:
+        parser.error(f"{args.background} is not an image OpenCV can read")
+    write_ffv1(args.out, frames(background, args.frames, args.seed), args.fps)
+    print(f"wrote {args.out}: {args.frames} frames of {SIZE[0]} x {SIZE[1]} at {args.fps} fps")
+
+
+if __name__ == "__main__":
+    main()
