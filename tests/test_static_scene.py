@@ -26,7 +26,7 @@ def scene(monkeypatch: pytest.MonkeyPatch):
 
 def test_the_clip_reads_back_exactly_as_generated(scene, tmp_path: Path) -> None:
     out = tmp_path / "scene.mkv"
-    scene.main(["--background", str(BACKGROUND), "--out", str(out), "--frames", "4"])
+    assert scene.main(["--background", str(BACKGROUND), "--out", str(out), "--frames", "4"]) == 0
     expected = scene.frames(cv2.imread(str(BACKGROUND)), 4, seed=0)
     with open_source(str(out)) as source:
         read = [frame.image for frame in source]
@@ -50,3 +50,24 @@ def test_background_changes_by_noise_and_figures_move(scene) -> None:
     followed = np.abs(figure - second[row, x0 + step : x0 + step + width].astype(int)).mean()  # noise only
     in_place = np.abs(figure - second[row, x0 : x0 + width].astype(int)).mean()  # noise and the 2-pixel shift
     assert followed < 4.0 < in_place
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--frames", "0"], "--frames and --fps must be at least 1"),
+        (["--background", "{tmp}/missing.jpg"], "is not an image OpenCV can read"),
+        (["--out", "{tmp}/no/such/scene.mkv"], "is not a folder"),
+        (["--out", "{tmp}/kept.mkv"], "kept.mkv exists"),
+    ],
+)
+def test_bad_input_is_one_line_and_nothing_is_overwritten(scene, tmp_path: Path, capsys, args, message) -> None:
+    kept = tmp_path / "kept.mkv"
+    kept.write_bytes(b"earlier work")
+    base = {"--background": str(BACKGROUND), "--out": str(tmp_path / "new.mkv"), "--frames": "2"}
+    for flag, value in zip(args[::2], args[1::2], strict=True):
+        base[flag] = value.format(tmp=tmp_path)
+    assert scene.main([item for pair in base.items() for item in pair]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("make_static_scene: error: ") and message in err[0]
+    assert kept.read_bytes() == b"earlier work" and not (tmp_path / "new.mkv").exists()

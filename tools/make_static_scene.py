@@ -15,12 +15,15 @@ top (the same noise), clipped to 0-255. ``--seed`` fixes the noise. Needs numpy,
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import skimage.data
 
+from provq.edge_runtime.console import command_frame
+from provq.edge_runtime.errors import ProvqError
 from provq.edge_runtime.sources.video_readers import import_pyav
 
 SIZE = (768, 576)  # width, height: a PAL-like surveillance frame, as vtest-class cameras record
@@ -73,20 +76,31 @@ def write_ffv1(path: Path, bgr_frames: list[np.ndarray], fps: int) -> None:
             container.mux(packet)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--background", type=Path, required=True, help="a photo (any size; covered to 768 x 576)")
-    parser.add_argument("--out", type=Path, required=True, help="the .mkv to write")
+    parser.add_argument("--out", type=Path, required=True, help="the .mkv to write (not overwritten)")
     parser.add_argument("--frames", type=int, default=60, help="default: %(default)s")
     parser.add_argument("--fps", type=int, default=10, help="default: %(default)s")
     parser.add_argument("--seed", type=int, default=0, help="noise seed (default: %(default)s)")
     args = parser.parse_args(argv)
+    return command_frame("make_static_scene", lambda: _write(args))
+
+
+def _write(args: argparse.Namespace) -> int:
+    if args.frames < 1 or args.fps < 1:
+        raise ProvqError(f"--frames and --fps must be at least 1, got {args.frames} and {args.fps}")
+    if args.out.exists():
+        raise ProvqError(f"{args.out} exists: remove it or choose another --out")
+    if not args.out.parent.is_dir():
+        raise ProvqError(f"{args.out.parent} is not a folder: create it or choose another --out")
     background = cv2.imread(str(args.background), cv2.IMREAD_COLOR)
     if background is None:
-        parser.error(f"{args.background} is not an image OpenCV can read")
+        raise ProvqError(f"{args.background} is not an image OpenCV can read: pass a photo (JPEG, PNG, ...)")
     write_ffv1(args.out, frames(background, args.frames, args.seed), args.fps)
     print(f"wrote {args.out}: {args.frames} frames of {SIZE[0]} x {SIZE[1]} at {args.fps} fps")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
