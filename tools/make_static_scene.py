@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import cv2
@@ -24,6 +25,8 @@ import skimage.data
 
 from provq.edge_runtime.console import command_frame
 from provq.edge_runtime.errors import ProvqError
+from provq.edge_runtime.formats.files import atomic_path
+from provq.edge_runtime.preprocess import cover_crop
 from provq.edge_runtime.sources.video_readers import import_pyav
 
 SIZE = (768, 576)  # width, height: a PAL-like surveillance frame, as vtest-class cameras record
@@ -38,35 +41,27 @@ NOISE = 2.5  # sensor noise, standard deviation in levels of 0-255
 DRIFT = 0.004  # gain change over the whole clip
 
 
-def cover(bgr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize so that the image covers ``size`` (width, height), then centre-crop to it."""
-    w, h = size
-    scale = max(w / bgr.shape[1], h / bgr.shape[0])
-    resized = cv2.resize(bgr, (round(bgr.shape[1] * scale), round(bgr.shape[0] * scale)), interpolation=cv2.INTER_AREA)
-    top, left = (resized.shape[0] - h) // 2, (resized.shape[1] - w) // 2
-    return resized[top : top + h, left : left + w]
-
-
-def frames(background: np.ndarray, count: int, seed: int) -> list[np.ndarray]:
-    """``count`` BGR uint8 frames of SIZE: the scene described in the module docstring."""
+def frames(background: np.ndarray, count: int, seed: int) -> Iterator[np.ndarray]:
+    """``count`` BGR uint8 frames of SIZE, one at a time: the scene described in the module docstring."""
     rng = np.random.default_rng(seed)
-    base = cover(background, SIZE).astype(np.float32)
-    figures = [(cover(photo()[:, :, ::-1], FIGURE).astype(np.float32), top, x0, v) for photo, top, x0, v in FIGURES]
-    out = []
+    base = cover_crop(background, *SIZE).astype(np.float32)
+    figures = [
+        (cover_crop(photo()[:, :, ::-1], *FIGURE).astype(np.float32), top, x0, v) for photo, top, x0, v in FIGURES
+    ]
     for t in range(count):
         frame = base * (1.0 + DRIFT * t / count)
         for patch, top, x0, speed in figures:
             left = round(x0 + speed * t) % (SIZE[0] - FIGURE[0])
             frame[top : top + FIGURE[1], left : left + FIGURE[0]] = patch
         frame += rng.normal(0.0, NOISE, frame.shape).astype(np.float32)
-        out.append(np.clip(np.rint(frame), 0, 255).astype(np.uint8))
-    return out
+        yield np.clip(np.rint(frame), 0, 255).astype(np.uint8)
 
 
-def write_ffv1(path: Path, bgr_frames: list[np.ndarray], fps: int) -> None:
-    """Lossless Matroska (FFV1, bgr0) at ``fps``."""
+def write_ffv1(path: Path, bgr_frames: Iterable[np.ndarray], fps: int) -> None:
+    """Lossless Matroska (FFV1, bgr0) at ``fps``, written under a temporary name and renamed into place when
+    complete (an interrupted run leaves no partial clip)."""
     av = import_pyav()
-    with av.open(str(path), "w") as container:
+    with atomic_path(path, ".mkv") as tmp, av.open(str(tmp), "w", format="matroska") as container:
         stream = container.add_stream("ffv1", rate=fps)
         stream.width, stream.height, stream.pix_fmt = SIZE[0], SIZE[1], "bgr0"
         for bgr in bgr_frames:
