@@ -1,9 +1,10 @@
 """A quantization-aware checkpoint's INT8 files and what they compute, written by ``provq-export``.
 
 ``write_int8`` turns the fake-quantized model of record (``provq.train.checkpoint.load_tokenizer``) into
-``encoder.int8.onnx`` / ``decoder.int8.onnx`` (Q/DQ, TensorRT) and the ``int8-cpu`` pair (ConvInteger, ONNX Runtime
-CPU) with the trained scales (``qat_graphs``), then checks both against PyTorch on real frames (the shipped sample
-photos, ``onnx_export.parity_frames``). Figures (images in [-1, 1], PSNR with peak-to-peak 2, mean over frames):
+``encoder.int8.onnx`` / ``decoder.int8.onnx`` (Q/DQ, TensorRT) and the ``int8-cpu`` pair (QLinearConv, or
+ConvInteger for version 1 QAT states; ONNX Runtime CPU) with the trained scales (``qat_graphs``), then checks both
+against PyTorch on real frames (the shipped sample photos, ``onnx_export.parity_frames``). Figures (images in
+[-1, 1], PSNR with peak-to-peak 2, mean over frames):
 
     parity[file set]   token_agreement: share of ONNX Runtime's ids equal to the PyTorch model of record's;
                        decoder_psnr_db: ONNX Runtime's decoder against PyTorch's on the same ids

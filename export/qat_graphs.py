@@ -8,17 +8,26 @@ codebook lookup and the Convs the QAT rule keeps FP32):
 ``qdq_graph`` (TensorRT's explicit quantization, and the model of record in ONNX)::
 
     x -> QuantizeLinear(s_x, int8 0) -> DequantizeLinear -> Conv(DequantizeLinear(w_int8, s_w, axis 0), bias)
+      [-> QuantizeLinear(s_y, int8 0) -> DequantizeLinear]          (where the Conv's output is quantized)
 
-``cpu_graph`` (ONNX Runtime CPU, the ``int8-cpu`` files): the same integers through an integer convolution::
+``cpu_graph`` (ONNX Runtime CPU, the ``int8-cpu`` files): the same integers through an integer convolution. Where
+the output is quantized (QAT version 2), ONNX Runtime's requantizing convolution::
+
+    x -> QuantizeLinear(s_x, uint8 128) -> QLinearConv(w_int8 + 128 as uint8, zero points 128,
+         bias round(b / (s_x * s_w)) as int32, s_y, uint8 128) -> DequantizeLinear(s_y, 128)
+
+otherwise (version 1 checkpoints) the int32 one::
 
     x -> QuantizeLinear(s_x, uint8 128) -> ConvInteger(w_int8 + 128 as uint8, zero points 128) -> int32
       -> Cast float -> Mul(s_x * s_w) -> Add(bias)
 
 Shifting both operands by 128 to uint8 keeps every product exact: ONNX Runtime's x86 kernels for uint8 x int8
 (VPMADDUBSW) saturate their int16 pair sums on CPUs without VNNI, those for uint8 x uint8 do not (ONNX Runtime's
-quantization docs), so the CPU file computes the fake-quantized network's integers exactly on any x86 CPU, with no
-7-bit (reduce_range) weights. Hand-written because ONNX Runtime's quantizer computes its own weight scales from the
-weights and quantizes more tensors (Conv outputs, SiLU, Add) than the trained network did.
+quantization docs), so the CPU file computes the fake-quantized network's integer sums exactly on any x86 CPU, with
+no 7-bit (reduce_range) weights. QLinearConv differs from the fake-quantized network only in its bias, rounded to
+the accumulator's step s_x * s_w (at most half of it, against an output step s_y hundreds of times larger), and in
+float rounding at the requantization. Hand-written because ONNX Runtime's quantizer computes its own weight scales
+from the weights and quantizes more tensors (SiLU, Add) than the trained network did.
 """
 
 from __future__ import annotations
@@ -73,9 +82,13 @@ def _add(graph: onnx.GraphProto, name: str, array: np.ndarray) -> str:
     return name
 
 
+def _scalar(layer: dict[str, Any], key: str) -> np.ndarray:
+    return np.asarray(layer[key], np.float32).reshape(())
+
+
 def _qdq_conv(node: onnx.NodeProto, name: str, layer: dict[str, Any], graph: onnx.GraphProto) -> list:
     channels = layer["weight_int8"].shape[0]
-    s_x = _add(graph, f"{name}.input_scale", np.asarray(layer["input_scale"], np.float32).reshape(()))
+    s_x = _add(graph, f"{name}.input_scale", _scalar(layer, "input_scale"))
     z_x = _add(graph, f"{name}.input_zero_point", np.zeros((), np.int8))
     w_q = _add(graph, f"{name}.weight_quantized", layer["weight_int8"])
     s_w = _add(graph, f"{name}.weight_scale", layer["weight_scale"].astype(np.float32))
@@ -84,29 +97,43 @@ def _qdq_conv(node: onnx.NodeProto, name: str, layer: dict[str, Any], graph: onn
     conv = onnx.NodeProto()
     conv.CopyFrom(node)
     conv.input[0], conv.input[1] = f"{name}.input_dequantized", f"{name}.weight_dequantized"
-    return [
+    out = [
         helper.make_node("QuantizeLinear", [x, s_x, z_x], [f"{name}.input_quantized"], name=f"{name}.input_Q"),
         helper.make_node("DequantizeLinear", [f"{name}.input_quantized", s_x, z_x], [conv.input[0]],
                          name=f"{name}.input_DQ"),
         helper.make_node("DequantizeLinear", [w_q, s_w, z_w], [conv.input[1]], name=f"{name}.weight_DQ", axis=0),
         conv,
     ]  # fmt: skip
+    if "output_scale" in layer:
+        y = node.output[0]
+        conv.output[0] = f"{name}.output_float"
+        s_y = _add(graph, f"{name}.output_scale", _scalar(layer, "output_scale"))
+        out += [
+            helper.make_node("QuantizeLinear", [conv.output[0], s_y, z_x], [f"{name}.output_quantized"],
+                             name=f"{name}.output_Q"),
+            helper.make_node("DequantizeLinear", [f"{name}.output_quantized", s_y, z_x], [y], name=f"{name}.output_DQ"),
+        ]  # fmt: skip
+    return out
 
 
 def _cpu_conv(
     node: onnx.NodeProto, name: str, layer: dict[str, Any], inits: dict[str, Any], graph: onnx.GraphProto
 ) -> list:
     channels = layer["weight_int8"].shape[0]
-    s_x = _add(graph, f"{name}.input_scale", np.asarray(layer["input_scale"], np.float32).reshape(()))
+    s_x = _add(graph, f"{name}.input_scale", _scalar(layer, "input_scale"))
     z = _add(graph, f"{name}.zero_point", np.asarray(SHIFT, np.uint8).reshape(()))
+    quantize = helper.make_node("QuantizeLinear", [node.input[0], s_x, z], [f"{name}.input_uint8"],
+                                name=f"{name}.input_Q")  # fmt: skip
+    if "output_scale" in layer:
+        return [quantize, *_requantizing_conv(node, name, layer, inits, graph)]
     w_u8 = _add(graph, f"{name}.weight_uint8", (layer["weight_int8"].astype(np.int16) + SHIFT).astype(np.uint8))
-    combined = (layer["input_scale"].astype(np.float32) * layer["weight_scale"].astype(np.float32)).astype(np.float32)
-    scale = _add(graph, f"{name}.output_scale", combined.reshape(1, channels, 1, 1))
-    attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    combined = _accumulator_scale(layer)
+    attributes = _attributes(node)
+    scale = _add(graph, f"{name}.accumulator_scale", combined.reshape(1, channels, 1, 1))
     integer = helper.make_node("ConvInteger", [f"{name}.input_uint8", w_u8, z, z], [f"{name}.int32"],
                                name=f"{name}.ConvInteger", **attributes)  # fmt: skip
     out = [
-        helper.make_node("QuantizeLinear", [node.input[0], s_x, z], [f"{name}.input_uint8"], name=f"{name}.input_Q"),
+        quantize,
         integer,
         helper.make_node("Cast", [f"{name}.int32"], [f"{name}.accumulated"], name=f"{name}.Cast", to=TensorProto.FLOAT),
     ]
@@ -117,6 +144,37 @@ def _cpu_conv(
         b = _add(graph, f"{name}.bias_nchw", bias)
         out.append(helper.make_node("Add", [scaled, b], [node.output[0]], name=f"{name}.Add"))
     return out
+
+
+def _accumulator_scale(layer: dict[str, Any]) -> np.ndarray:
+    """s_x * s_w per output channel (float32): the value of one unit of the int32 sum."""
+    return (layer["input_scale"].astype(np.float32) * layer["weight_scale"].astype(np.float32)).astype(np.float32)
+
+
+def _attributes(node: onnx.NodeProto) -> dict[str, Any]:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _requantizing_conv(
+    node: onnx.NodeProto, name: str, layer: dict[str, Any], inits: dict[str, Any], graph: onnx.GraphProto
+) -> list:
+    """QLinearConv on the CPU graph's uint8 operands (module docstring) and the DequantizeLinear of its output."""
+    channels = layer["weight_int8"].shape[0]
+    inputs = [f"{name}.input_uint8", f"{name}.input_scale", f"{name}.zero_point",
+              _add(graph, f"{name}.weight_int8", layer["weight_int8"]),
+              _add(graph, f"{name}.weight_scale", layer["weight_scale"].astype(np.float32)),
+              _add(graph, f"{name}.weight_zero_point", np.zeros(channels, np.int8)),
+              _add(graph, f"{name}.output_scale", _scalar(layer, "output_scale")), f"{name}.zero_point"]  # fmt: skip
+    if len(node.input) >= 3:
+        bias = numpy_helper.to_array(inits[node.input[2]]).astype(np.float64)
+        steps = np.rint(bias / _accumulator_scale(layer).astype(np.float64))
+        inputs.append(_add(graph, f"{name}.bias_int32", steps.astype(np.int32)))
+    return [
+        helper.make_node("QLinearConv", inputs, [f"{name}.output_uint8"], name=f"{name}.QLinearConv",
+                         **_attributes(node)),
+        helper.make_node("DequantizeLinear", [f"{name}.output_uint8", inputs[6], inputs[2]], [node.output[0]],
+                         name=f"{name}.output_DQ"),
+    ]  # fmt: skip
 
 
 def qdq_graph(fp32: onnx.ModelProto, layers: dict[str, dict[str, Any]]) -> onnx.ModelProto:

@@ -20,7 +20,8 @@ from test_stem_export import write_checkpoint
 from provq.edge_runtime.backends import OnnxRuntimeBackend, cpu_session
 from provq.edge_runtime.manifest import load_manifest
 from provq.edge_runtime.preprocess import prepare
-from provq.export.onnx_export import export_model, parity_frames
+from provq.export.onnx_export import export_graphs, export_model, parity_frames
+from provq.export.qat_graphs import cpu_graph
 from provq.export.trt_check import check_model_dir
 from provq.train import checkpoint, qat
 from provq.train.cli import main as train_main
@@ -64,9 +65,10 @@ def test_quantizers_sit_on_every_conv_but_the_fp32_ones(qat_run: dict[str, Path]
             q = getattr(module, role, None)
             if q is None:
                 continue
-            assert q.is_enabled == (name in quantized and role != "output_quantizer"), (name, role)
-            if q.is_enabled:  # the deployed INT8: 8 bits, [-128, 127], per channel (weights) / per tensor (inputs)
-                assert (q.num_bits, q.unsigned, q.narrow_range) == (8, False, False)
+            assert q.is_enabled == (name in quantized), (name, role)
+            if q.is_enabled:  # the deployed INT8: 8 bits, [-128, 127], per channel (weights) / per tensor (the rest)
+                bits = qat.WEIGHT_BITS if role == "weight_quantizer" else 8  # 7: exact in ONNX Runtime's u8 x s8
+                assert (q.num_bits, q.unsigned, q.narrow_range) == (bits, False, False)
                 assert q.axis == (0 if role == "weight_quantizer" else None)
     plain = checkpoint.load_tokenizer(qat_run["ckpt"], fake_quant=False)
     assert not any("quantizer" in type(m).__name__.lower() for m in plain.encoder.modules())
@@ -83,11 +85,22 @@ def test_exported_scales_are_the_trained_amax_over_127(qat_run: dict[str, Path])
         for node in graph.node:
             if node.name.startswith("/quantizer/"):
                 assert node.op_type not in ("QuantizeLinear", "DequantizeLinear")
+    cpu_inits = {}
+    for part in ("encoder", "decoder"):
+        cpu_inits |= {
+            i.name: numpy_helper.to_array(i) for i in onnx.load(str(manifest.path("int8-cpu", part))).graph.initializer
+        }
     for name, amax in qat.quantized_modules(model).items():
         assert inits[f"{name}.input_scale"] == np.float32(amax["input"] / 127)
-        np.testing.assert_array_equal(inits[f"{name}.weight_scale"], (amax["weight"] / 127).numpy())
+        assert inits[f"{name}.output_scale"] == cpu_inits[f"{name}.output_scale"] == np.float32(amax["output"] / 127)
+        bias = model.get_submodule(name).bias.detach().numpy()  # on the int32 grid the integer convolution adds
+        grid = np.float32(amax["input"] / 127) * (amax["weight"] / 63).numpy()
+        np.testing.assert_array_equal(
+            (cpu_inits[f"{name}.bias_int32"] * grid.astype(np.float64)).astype(np.float32), bias
+        )
+        np.testing.assert_array_equal(inits[f"{name}.weight_scale"], (amax["weight"] / 63).numpy())
         w = model.get_submodule(name).weight.detach()
-        codes = torch.clamp((w * (127 / amax["weight"]).reshape(-1, 1, 1, 1)).round(), -128, 127)
+        codes = torch.clamp((w * (63 / amax["weight"]).reshape(-1, 1, 1, 1)).round(), -64, 63)
         np.testing.assert_array_equal(inits[f"{name}.weight_quantized"], codes.numpy().astype(np.int8))
         assert f"{name}.weight" not in inits  # the float weight is gone: only the trained integers remain
     assert [str(f) for f in check_model_dir(qat_run["model"])] == []  # TensorRT's parser and Q/DQ rules
@@ -100,7 +113,7 @@ def test_onnx_runtime_int8_gives_the_pytorch_model_of_records_ids(qat_run: dict[
     cpu = OnnxRuntimeBackend(manifest, "int8", providers=["CPUExecutionProvider"])
     assert cpu.file_sets == {"encoder": "int8-cpu", "decoder": "int8-cpu"}
     ops = {n.op_type for n in onnx.load(str(manifest.path("int8-cpu", "encoder"))).graph.node}
-    assert "ConvInteger" in ops and "QLinearConv" not in ops
+    assert "QLinearConv" in ops and "ConvInteger" not in ops  # ONNX Runtime's requantizing integer convolution
     same = {"qdq": 0, "cpu": 0, "fp32": 0}
     total = 0
     fp32 = cpu_session(manifest.path("fp32", "encoder"))
@@ -125,7 +138,7 @@ def test_the_qat_state_survives_the_checkpoint_and_a_resume(qat_run: dict[str, P
     model = checkpoint.load_tokenizer(qat_run["ckpt"])
     saved = {k: v for k, v in state["model"].items() if k.endswith("._amax")}
     restored = {k: v for k, v in model.state_dict().items() if k.endswith("._amax")}
-    assert saved.keys() == restored.keys() and len(saved) == 2 * len(state[qat.KEY]["quantized"])
+    assert saved.keys() == restored.keys() and len(saved) == 3 * len(state[qat.KEY]["quantized"])
     assert all(torch.equal(saved[k], restored[k]) for k in saved)
     assert state["step"] == 3 and state["schedule"]["kind"] == "hard"
     out = qat_run["folder"] / "resumed"
@@ -137,6 +150,34 @@ def test_the_qat_state_survives_the_checkpoint_and_a_resume(qat_run: dict[str, P
     assert again["step"] == 4 and again[qat.KEY]["calibration"] == state[qat.KEY]["calibration"]
     inputs = [k for k in saved if "input_quantizer" in k]
     assert all(torch.equal(again["model"][k], saved[k]) for k in inputs)  # activation ranges stay as calibrated
+
+
+def test_inputs_and_weights_only_export_the_int32_sums(qat_run: dict[str, Path], unseen_photo_dir: Path) -> None:
+    """A QAT model without output quantizers (version 1 checkpoints): the CPU graph keeps ConvInteger's exact int32
+    sums and adds the float bias after them, as that network does."""
+    import modelopt.torch.quantization as mtq
+
+    model = checkpoint.load_tokenizer(qat_run["base"])
+    cfg = qat.quant_config(qat.kept_fp32(model))
+    cfg["quant_cfg"] = [e for e in cfg["quant_cfg"] if e["quantizer_name"] != "*output_quantizer"]
+    frames = [torch.from_numpy(x) for x in _real_frames(unseen_photo_dir)]
+    with torch.no_grad():
+        mtq.quantize(model, cfg, forward_loop=lambda m: [m.decode(m.encode(x)) for x in frames[:2]])
+        expected = [model.encode(x).numpy() for x in frames]
+    layers = qat.int8_layers(model)
+    assert layers and not any("output_scale" in layer for layer in layers.values())
+    plain = checkpoint.load_tokenizer(qat_run["base"])
+    (qat_run["folder"] / "v1").mkdir()
+    encoder, _ = export_graphs(plain, qat_run["folder"] / "v1")
+    fp32 = onnx.load(str(encoder))
+    names = {i.name for i in fp32.graph.initializer}
+    graph = cpu_graph(fp32, {k: v for k, v in layers.items() if f"{k}.weight" in names})
+    assert "ConvInteger" in {n.op_type for n in graph.graph.node}
+    session = cpu_session(graph.SerializeToString())
+    same = sum(
+        int((session.run(None, {"images": x.numpy()})[0] == ids).sum()) for x, ids in zip(frames, expected, strict=True)
+    )
+    assert same / sum(ids.size for ids in expected) >= 0.99
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

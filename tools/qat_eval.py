@@ -5,10 +5,12 @@ For one clip, runs ``provq-run`` (ONNX Runtime CPU, as a user would) on the firs
 directory at ``--precision int8`` (its int8-cpu files) and ``fp32`` (the same weights without fake quantization),
 and the model before QAT at ``fp32``; reads the ids back from the .ptok files; encodes the same frames
 (``preprocess.prepare``, as provq-run does) with ``load_tokenizer(CHECKPOINT).encode`` in PyTorch and with the Q/DQ
-encoder run as written (``cpu_session(exact=True)``, TensorRT's arithmetic). Prints and writes (``--json``):
+encoder run twice: as written (``cpu_session(exact=True)``: float Convs on dequantized values) and fused by ONNX
+Runtime into its integer kernels (exact int32 sums, as TensorRT's INT8 kernels compute them). Prints and writes
+(``--json``):
 
     ids_equal            share of positions where two id sequences agree (PyTorch vs provq-run int8, PyTorch vs
-                         Q/DQ, provq-run int8 vs fp32)
+                         Q/DQ as written, PyTorch vs Q/DQ fused, provq-run int8 vs fp32)
     psnr_db              provq-run's reconstruction PSNR against the input (its own figure, uint8 levels)
     bytes_per_frame      provq-run's token stream (previous-frame coded), mean bytes per frame
 
@@ -31,6 +33,7 @@ from provq.edge_runtime.backends import cpu_session
 from provq.edge_runtime.manifest import load_manifest
 from provq.edge_runtime.preprocess import prepare
 from provq.edge_runtime.sources import open_source
+from provq.edge_runtime.stable import load_codebook
 from provq.edge_runtime.tokenstream.reader import TokenStreamReader
 from provq.train.checkpoint import load_tokenizer
 
@@ -44,7 +47,7 @@ def _provq_run(args: argparse.Namespace, model: str, precision: str, name: str) 
                model, "--precision", precision, "--tokens", str(tokens), "--json", str(out / f"{name}.json"),
                "--max-frames", str(frames), "--headless"]  # fmt: skip
     subprocess.run(command, check=True, capture_output=True, text=True)
-    reader = TokenStreamReader(tokens)
+    reader = TokenStreamReader(tokens, codebook=load_codebook(load_manifest(model)))  # version 3 needs it
     try:
         ids = np.stack([frame.ids for frame in reader.frames()])
     finally:
@@ -80,20 +83,22 @@ def main(argv: list[str] | None = None) -> int:
         runs[name] = _provq_run(args, getattr(args, which), precision, name)
     manifest = load_manifest(args.model)
     model = load_tokenizer(args.checkpoint)
-    qdq = cpu_session(manifest.path("int8", "encoder"), exact=True)
-    torch_ids, qdq_ids = [], []
+    qdq = {fused: cpu_session(manifest.path("int8", "encoder"), exact=not fused) for fused in (False, True)}
+    torch_ids, qdq_ids = [], {False: [], True: []}
     with torch.no_grad():
         for x in _frames(args.clip, len(runs["int8"]["ids"]), manifest.downsample):
             torch_ids.append(model.encode(torch.from_numpy(x)).numpy()[0])
-            qdq_ids.append(qdq.run(None, {"images": x})[0][0])
-    record, qdq_all = np.stack(torch_ids), np.stack(qdq_ids)
+            for fused, session in qdq.items():
+                qdq_ids[fused].append(session.run(None, {"images": x})[0][0])
+    record = np.stack(torch_ids)
     report = {
         "clip": str(args.clip),
         "frames": len(record),
         "tokens": int(record.size),
         "ids_equal": {
             "pytorch_vs_provq_run_int8": float(np.mean(record == runs["int8"]["ids"])),
-            "pytorch_vs_qdq": float(np.mean(record == qdq_all)),
+            "pytorch_vs_qdq": float(np.mean(record == np.stack(qdq_ids[False]))),
+            "pytorch_vs_qdq_fused": float(np.mean(record == np.stack(qdq_ids[True]))),
             "provq_run_int8_vs_fp32": float(np.mean(runs["int8"]["ids"] == runs["fp32"]["ids"])),
         },
         "psnr_db": {name: run["psnr_db"] for name, run in runs.items()},

@@ -40,6 +40,7 @@ from .losses import (
 from .metrics import CodeUsage, psnr
 from .model import Tokenizer
 from .presets import ModelConfig, preset
+from .qat import RANGES as QAT_RANGES
 from .quantizer import margin_loss
 from .schedule import Schedule
 from .streaming import TrainingData
@@ -47,16 +48,8 @@ from .streaming import TrainingData
 log = logging.getLogger(__name__)
 
 # TrainConfig fields that TrainingData takes under the same names.
-DATA_FIELDS = (
-    "crop",
-    "workers",
-    "val_size",
-    "val_fraction",
-    "val_frames",
-    "max_video_frames",
-    "max_bad_fraction",
-    "reindex",
-)
+DATA_FIELDS = ("crop", "workers", "val_size", "val_fraction", "val_frames", "max_video_frames", "max_bad_fraction",
+               "reindex")  # fmt: skip
 
 
 @dataclass
@@ -91,7 +84,7 @@ class TrainConfig:
     margin: float = 0.5  # target depth of each latent in its code's cell (quantizer.code_depth: 1 at the code)
     restart_dead_codes_every: int = 0  # move codes unused for this many steps onto live latents; 0 = off
     qat: bool = False  # quantization-aware fine-tune of --resume's trained model (qat.py): steps count from 0 again
-    qat_ranges: str = "max"  # how the QAT phase calibrates activation ranges: percentile or max (qat.RANGES)
+    qat_ranges: str = QAT_RANGES[0]  # how the QAT phase calibrates activation ranges (qat.RANGES, the default first)
     quantizer: str = "vq"  # vq (provq's own), or a study peer from vector-quantize-pytorch: vqtorch or fsq
     kmeans_points: int = 0  # latent vectors for the k-means init over all ranks; 0 = 20 x codebook size
     val_size: int = 256  # validation frames are centre-cropped to at most this size
@@ -368,6 +361,8 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             return None
         self.optimizer.step()
+        if self.qat_state is not None:
+            qat.snap_biases(self.model)  # the deployed INT8 adds int32 biases
         if use_gan:
             with self._autocast():
                 d_loss = hinge_discriminator_loss(self.train_disc(x), self.train_disc(recon.detach()))
