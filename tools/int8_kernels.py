@@ -64,14 +64,24 @@ def _time(model: bytes, x: np.ndarray, runs: int, threads: int | None) -> float:
     return 1000 * float(np.median(times))
 
 
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not W x H, e.g. 96x72") from None
+    if w < 1 or h < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: width and height must be positive")
+    return w, h
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--channels", type=int, default=160)
-    p.add_argument("--size", default="96x72", help="W x H of the input (default: %(default)s)")
+    p.add_argument("--size", type=_size, default="96x72", help="W x H of the input (default: %(default)s)")
     p.add_argument("--runs", type=int, default=20)
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args(argv)
-    w, h = (int(v) for v in args.size.lower().split("x"))
+    w, h = args.size
     rng = np.random.default_rng(1)
     rows = [("Conv", "float32", "float32"), ("QLinearConv", "uint8", "uint8"), ("QLinearConv", "uint8", "int8"),
             ("QLinearConv", "int8", "int8"), ("ConvInteger", "uint8", "uint8")]  # fmt: skip
