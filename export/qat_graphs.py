@@ -11,22 +11,22 @@ codebook lookup and the Convs the QAT rule keeps FP32):
       [-> QuantizeLinear(s_y, int8 0) -> DequantizeLinear]          (where the Conv's output is quantized)
 
 ``cpu_graph`` (ONNX Runtime CPU, the ``int8-cpu`` files): the same integers through an integer convolution. Where
-the output is quantized (QAT version 2), ONNX Runtime's requantizing convolution::
+the output is quantized (QAT version 2: 7-bit weights, biases on the int32 grid), ONNX Runtime's requantizing
+convolution on uint8 activations (the int8 codes shifted by 128) and int8 weights::
 
-    x -> QuantizeLinear(s_x, uint8 128) -> QLinearConv(w_int8 + 128 as uint8, zero points 128,
-         bias round(b / (s_x * s_w)) as int32, s_y, uint8 128) -> DequantizeLinear(s_y, 128)
+    x -> QuantizeLinear(s_x, uint8 128) -> QLinearConv(w_int8, zero point 0, bias b / (s_x * s_w) as int32,
+         s_y, uint8 128) -> DequantizeLinear(s_y, 128)
 
-otherwise (version 1 checkpoints) the int32 one::
+otherwise (version 1 checkpoints: 8-bit weights, float outputs) the int32 one, both operands shifted to uint8::
 
     x -> QuantizeLinear(s_x, uint8 128) -> ConvInteger(w_int8 + 128 as uint8, zero points 128) -> int32
       -> Cast float -> Mul(s_x * s_w) -> Add(bias)
 
-Shifting both operands by 128 to uint8 keeps every product exact: ONNX Runtime's x86 kernels for uint8 x int8
-(VPMADDUBSW) saturate their int16 pair sums on CPUs without VNNI, those for uint8 x uint8 do not (ONNX Runtime's
-quantization docs), so the CPU file computes the fake-quantized network's integer sums exactly on any x86 CPU, with
-no 7-bit (reduce_range) weights. QLinearConv differs from the fake-quantized network only in its bias, rounded to
-the accumulator's step s_x * s_w (at most half of it, against an output step s_y hundreds of times larger), and in
-float rounding at the requantization. Hand-written because ONNX Runtime's quantizer computes its own weight scales
+Both compute the fake-quantized network's integer sums exactly on any x86 CPU: ONNX Runtime's uint8 x int8 kernels
+use VPMADDUBSW on CPUs without VNNI, whose int16 sums of two products cannot overflow with 7-bit weights (2 x 255 x
+64 < 32768) but can with 8-bit ones, which is why version 1 takes the uint8 x uint8 kernel (it widens first; ONNX
+Runtime's quantization docs). QLinearConv then differs from the fake-quantized network only in float rounding at
+the requantization. Hand-written because ONNX Runtime's quantizer computes its own weight scales
 from the weights and quantizes more tensors (SiLU, Add) than the trained network did.
 """
 

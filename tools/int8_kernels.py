@@ -20,6 +20,8 @@ import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
 from provq.edge_runtime.backends import cpu_session
+from provq.edge_runtime.errors import EdgeError
+from provq.edge_runtime.preprocess import parse_size
 
 TYPES = {"uint8": (TensorProto.UINT8, np.uint8, 128), "int8": (TensorProto.INT8, np.int8, 0)}
 
@@ -35,16 +37,15 @@ def _model(op: str, x_type: str, w_type: str, channels: int, shape: tuple[int, i
         io = (TensorProto.FLOAT, TensorProto.FLOAT)
     else:
         (xt, xd, xz), (_, wd, wz) = TYPES[x_type], TYPES[w_type]
-        w = (rng.integers(-64, 64, kernel) + wz).astype(wd)
-        inits = [numpy_helper.from_array(np.float32(0.01), "xs"), numpy_helper.from_array(np.array(xz, xd), "xz"),
-                 numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.full(channels, 0.001, np.float32), "ws"),
-                 numpy_helper.from_array(np.full(channels, wz, wd), "wz"),
-                 numpy_helper.from_array(np.float32(0.05), "ys")]  # fmt: skip
+        w = (rng.integers(-64, 64, kernel) + wz).astype(wd)  # 7-bit codes, shifted to uint8 where w is uint8
+        inits = [numpy_helper.from_array(np.array(xz, xd), "xz"), numpy_helper.from_array(w, "w"),
+                 numpy_helper.from_array(np.array(wz, wd), "wz")]  # fmt: skip
         if op == "QLinearConv":
+            inits += [numpy_helper.from_array(np.float32(0.01), "xs"), numpy_helper.from_array(np.float32(0.05), "ys"),
+                      numpy_helper.from_array(np.full(channels, 0.001, np.float32), "ws")]  # fmt: skip
             node = helper.make_node(op, ["x", "xs", "xz", "w", "ws", "wz", "ys", "xz"], ["y"], **attrs)
             io = (xt, xt)
         else:
-            inits[4] = numpy_helper.from_array(np.array(wz, wd), "wz")
             node = helper.make_node(op, ["x", "w", "xz", "wz"], ["y"], **attrs)
             io = (xt, TensorProto.INT32)
     graph = helper.make_graph([node], op, [helper.make_tensor_value_info("x", io[0], dims)],
@@ -66,12 +67,9 @@ def _time(model: bytes, x: np.ndarray, runs: int, threads: int | None) -> float:
 
 def _size(text: str) -> tuple[int, int]:
     try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not W x H, e.g. 96x72") from None
-    if w < 1 or h < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: width and height must be positive")
-    return w, h
+        return parse_size(text)
+    except EdgeError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def main(argv: list[str] | None = None) -> int:
